@@ -1,0 +1,70 @@
+"""The shared skeleton of backends that run elements by submitting them to a pool."""
+
+from __future__ import annotations
+
+import abc
+import logging
+from types import TracebackType
+from typing import ClassVar
+
+from coffea_hpc.backends._task import FutureLike, FutureTask
+from coffea_hpc.backends.protocol import Computable, ErrorPolicy, WorkElement
+from coffea_hpc.errors import BackendError
+
+__all__ = ["PoolBackend", "run_element"]
+
+log = logging.getLogger(__name__)
+
+
+def run_element(element: WorkElement) -> object:
+    """Module-level entry point, so pools pickle a reference, not a closure."""
+    return element()
+
+
+class PoolBackend(abc.ABC):
+    """A backend is started by ``with`` and stopped at the end of the block, error or not."""
+
+    name: ClassVar[str]
+
+    def __init__(self) -> None:
+        self._started = False
+
+    def __enter__(self) -> PoolBackend:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        if not self._started:
+            self._start()
+            self._started = True
+
+    def close(self) -> None:
+        if self._started:
+            self._started = False
+            self._close()
+
+    def compute(self, work: Computable, policy: ErrorPolicy | None = None) -> FutureTask:
+        if not self._started:
+            raise BackendError(f"the {self.name} backend is not started: use it in a 'with' block")
+        return FutureTask(work, self.submit, policy)
+
+    @property
+    @abc.abstractmethod
+    def workers(self) -> int: ...
+
+    @abc.abstractmethod
+    def submit(self, element: WorkElement) -> FutureLike: ...
+
+    @abc.abstractmethod
+    def _start(self) -> None: ...
+
+    @abc.abstractmethod
+    def _close(self) -> None: ...

@@ -1,0 +1,144 @@
+"""Parsl: one DataFlowKernel owned by one ``with`` block.
+
+The backend takes any Parsl ``Config`` (sites build theirs from YAML) or, without one, makes
+a HighThroughputExecutor on this machine: interchange and workers bound to loopback, one
+worker per core. The DataFlowKernel is created directly and handed to the app, never loaded
+into Parsl's global slot, and always cleaned up, so no interchange or worker pool outlives
+the run, whatever happened in it.
+
+Retries are not delegated to Parsl (``retries=0``): the task's `ErrorPolicy` retries, the
+same way on every backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from coffea_hpc.backends._base import PoolBackend, run_element
+from coffea_hpc.backends.protocol import WorkElement
+from coffea_hpc.errors import BackendError
+
+__all__ = ["ParslBackend", "local_htex_config", "python_launch_commands"]
+
+log = logging.getLogger(__name__)
+
+LOCAL_LABEL = "coffea-hpc-local"
+
+
+def python_launch_commands() -> dict[str, Any]:
+    """HTEx launch commands that use this interpreter, not whatever is first on PATH.
+
+    HTEx starts ``interchange.py`` and ``process_worker_pool.py`` by name, which fails when
+    the virtual environment's ``bin`` is not on PATH (a venv used without activating it).
+    Running them as modules of this interpreter removes that trap on the local machine.
+    """
+    from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
+
+    pool = f"{sys.executable} -m parsl.executors.high_throughput.process_worker_pool"
+    return {
+        "interchange_launch_cmd": [sys.executable, "-m",
+                                   "parsl.executors.high_throughput.interchange"],
+        "launch_cmd": DEFAULT_LAUNCH_CMD.replace("process_worker_pool.py", pool, 1),
+    }
+
+
+def local_htex_config(workers: int | None = None, run_dir: str | Path = "runinfo") -> Any:
+    """A HighThroughputExecutor on this machine, reachable only through loopback."""
+    from parsl.config import Config
+    from parsl.executors import HighThroughputExecutor
+    from parsl.launchers import SingleNodeLauncher
+    from parsl.providers import LocalProvider
+
+    workers = workers or os.cpu_count() or 1
+    executor = HighThroughputExecutor(
+        label=LOCAL_LABEL,
+        address="127.0.0.1",
+        loopback_address="127.0.0.1",
+        max_workers_per_node=workers,
+        cores_per_worker=1,
+        heartbeat_period=2,
+        heartbeat_threshold=10,
+        provider=LocalProvider(
+            init_blocks=1, min_blocks=1, max_blocks=1, launcher=SingleNodeLauncher()
+        ),
+        **python_launch_commands(),
+    )
+    return Config(
+        executors=[executor],
+        run_dir=str(run_dir),
+        retries=0,
+        strategy="none",
+        # init_blocks are launched at the first poll; the default 5 s would delay every run
+        strategy_period=0.5,
+        usage_tracking=0,
+    )
+
+
+class ParslBackend(PoolBackend):
+    name = "parsl"
+
+    def __init__(
+        self,
+        config: Any | None = None,
+        *,
+        workers: int | None = None,
+        run_dir: str | Path | None = None,
+        executors: Sequence[str] | None = None,
+    ) -> None:
+        """``config``: a ``parsl.config.Config`` (default: `local_htex_config`).
+
+        ``workers`` is how many elements the config can run at once (for batch sizes and
+        progress; default: the local worker count). ``executors`` restricts chunk tasks to
+        some executor labels (others, e.g. a ``merges`` executor, stay free).
+        """
+        super().__init__()
+        self._workers = workers or os.cpu_count() or 1
+        self._run_dir = Path(run_dir) if run_dir is not None else None
+        self._config = config
+        self._executors = list(executors) if executors else "all"
+        self._dfk: Any = None
+        self._app: Any = None
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    @property
+    def dfk(self) -> Any:
+        """The DataFlowKernel, for code that adds its own apps (merges, MPI)."""
+        return self._dfk
+
+    def submit(self, element: WorkElement) -> Any:
+        return self._app(element)
+
+    def _start(self) -> None:
+        from parsl import python_app
+        from parsl.dataflow.dflow import DataFlowKernel
+
+        config = self._config
+        if config is None:
+            run_dir = self._run_dir or Path("runinfo")
+            config = local_htex_config(self._workers, run_dir)
+        elif self._run_dir is not None:
+            config.run_dir = str(self._run_dir)
+        Path(config.run_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self._dfk = DataFlowKernel(config)
+        except Exception as err:
+            raise BackendError(f"starting Parsl failed: {type(err).__name__}: {err}") from err
+        self._app = python_app(run_element, data_flow_kernel=self._dfk,
+                               executors=self._executors)
+        log.info("Parsl started (run dir %s)", self._dfk.run_dir)
+
+    def _close(self) -> None:
+        if self._dfk is not None:
+            try:
+                self._dfk.cleanup()
+            finally:
+                self._dfk = None
+                self._app = None

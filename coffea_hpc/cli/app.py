@@ -1,0 +1,289 @@
+"""The ``coffea-hpc`` command. It parses, calls the library and reports; no logic lives here.
+
+Errors the user can fix (`UserError`) print as one line and exit 2, without a traceback;
+a chunk that stops the run prints what failed and where the partial results are (exit 1);
+Ctrl-C saves what was done and says how to resume (exit 130).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from coffea_hpc.errors import ChunkFailedError, CoffeaHPCError, UserError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="coffea-hpc",
+    help="Run coffea processors over ROOT filesets, from a laptop to any HPC centre.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+EXECUTORS = ("iterative", "futures", "parsl", "dask")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = RichHandler(console=console, show_path=False, show_time=verbose > 1)
+    handler.setLevel(level)  # Parsl logs DEBUG to its own file and lets records propagate
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(min(level, logging.INFO))
+    logging.getLogger("coffea_hpc").setLevel(level)
+    logging.captureWarnings(True)
+    if verbose < 2:
+        for noisy in ("py.warnings", "distributed", "asyncio", "parsl"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True,
+                                     help="More logging (-vv: debug).")]
+Workers = Annotated[int | None, typer.Option("--workers", "-j", min=1,
+                                             help="Local workers (default: one per core).")]
+Executor = Annotated[str, typer.Option("--executor", "-e",
+                                       help=f"Backend: {', '.join(EXECUTORS)}.")]
+Chunksize = Annotated[int | None, typer.Option(
+    "--chunksize", min=1,
+    help="Entries per chunk (default 100000; a prepared fileset keeps its chunks).")]
+SkipBad = Annotated[bool, typer.Option(
+    "--skip-bad-files", help="Skip (and report) files that cannot be opened or read.")]
+AlignClusters = Annotated[bool, typer.Option(
+    "--align-clusters", help="End chunks on ROOT cluster boundaries (opens every file).")]
+
+
+def _policy(retries: int, skip_bad_files: bool) -> Any:
+    from coffea_hpc.backends import ErrorPolicy
+
+    if skip_bad_files:
+        return ErrorPolicy.skip_bad_files(max_retries=retries)
+    return ErrorPolicy(max_retries=retries)
+
+
+def _check_executor(name: str) -> str:
+    if name not in EXECUTORS:
+        raise UserError(f"unknown executor {name!r}: choose one of {', '.join(EXECUTORS)}")
+    return name
+
+
+@app.command()
+def run(
+    processor: Annotated[str, typer.Argument(
+        help="The processor: 'path/to/file.py:Name' or 'package.module:Name'.")],
+    fileset: Annotated[Path, typer.Option("--fileset", "-f", help="Fileset (JSON or YAML).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.")],
+    executor: Executor = "parsl",
+    workers: Workers = None,
+    chunksize: Chunksize = None,
+    limit_files: Annotated[int | None, typer.Option(
+        "--limit-files", min=1, help="Use only the first N files of each dataset.")] = None,
+    limit_chunks: Annotated[int | None, typer.Option(
+        "--limit-chunks", min=1, help="Process at most N chunks of each dataset.")] = None,
+    schema: Annotated[str, typer.Option(
+        help="NanoEvents schema: nanoaod, base, physlite, ... or a dotted path.")] = "nanoaod",
+    retries: Annotated[int, typer.Option(min=0, help="Retries per failed chunk.")] = 1,
+    skip_bad_files: SkipBad = False,
+    align_clusters: AlignClusters = False,
+    chunks_per_task: Annotated[int, typer.Option(
+        "--chunks-per-task", min=1,
+        help="Chunks each task processes and folds before sending one result.")] = 1,
+    resume: Annotated[bool, typer.Option(
+        help="Continue an interrupted run from the checkpoint in the output directory.")] = False,
+    site: Annotated[str | None, typer.Option(
+        help="Run on a site preset or file (see 'coffea-hpc sites list').")] = None,
+    site_file: Annotated[Path | None, typer.Option(
+        "--site-file", help="A site YAML layered over the preset.")] = None,
+    run_options: Annotated[Path | None, typer.Option(
+        "--run-options", help="A YAML of option overrides layered over the site.")] = None,
+    account: Annotated[str | None, typer.Option(help="Batch account / project.")] = None,
+    nodes: Annotated[int | None, typer.Option(min=1, help="Nodes per block.")] = None,
+    walltime: Annotated[str | None, typer.Option(help="Wall time per block, HH:MM:SS.")] = None,
+    scaleout: Annotated[int | None, typer.Option(min=1, help="Maximum blocks.")] = None,
+    endpoint: Annotated[str | None, typer.Option(
+        help="Globus Compute endpoint id (globus sites).")] = None,
+    inside_allocation: Annotated[bool, typer.Option(
+        "--inside-allocation",
+        help="Run inside a Slurm/PBS job: workers on the job's nodes.")] = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Run PROCESSOR over a fileset and write OUTPUT/output.coffea and OUTPUT/report.json."""
+    _setup_logging(verbose)
+    from coffea_hpc.cli.progress import RichReporter, summary_table
+    from coffea_hpc.runner import run as run_analysis
+
+    backend: Any = _check_executor(executor)
+    if site is not None or inside_allocation:
+        from coffea_hpc.sites import site_backend
+
+        backend = site_backend(
+            site,
+            site_file=site_file,
+            run_options=run_options,
+            overrides={"account": account, "nodes": nodes, "walltime": walltime,
+                       "scaleout": scaleout, "endpoint": endpoint, "workers": workers},
+            inside_allocation=inside_allocation,
+            run_dir=output / "parsl",
+        )
+    outcome = run_analysis(
+        processor,
+        fileset,
+        backend=backend,
+        workers=workers,
+        output_dir=output,
+        chunksize=chunksize,
+        schema=schema,
+        limit_files=limit_files,
+        limit_chunks=limit_chunks,
+        align_clusters=align_clusters,
+        policy=_policy(retries, skip_bad_files),
+        chunks_per_task=chunks_per_task,
+        resume=resume,
+        reporter=RichReporter(console),
+    )
+    console.print(summary_table(outcome.report))
+    for failure in outcome.report["failed_chunks"]:
+        console.print(f"[red]failed[/red] {failure['chunk']}: {failure['error']}")
+    for skipped in outcome.report["skipped_files"]:
+        console.print(f"[yellow]skipped[/yellow] {skipped['file']}: {skipped['error']}")
+    console.print(f"output: {outcome.output_path}")
+
+
+@app.command()
+def preprocess(
+    fileset: Annotated[Path, typer.Argument(help="Fileset (JSON or YAML).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Prepared fileset to write.")],
+    chunksize: Chunksize = None,
+    align_clusters: AlignClusters = False,
+    executor: Executor = "futures",
+    workers: Workers = None,
+    skip_bad_files: SkipBad = False,
+    retries: Annotated[int, typer.Option(min=0, help="Retries per file.")] = 1,
+    verbose: Verbose = 0,
+) -> None:
+    """Open every file once, record entries and uuid, and split into chunks."""
+    _setup_logging(verbose)
+    from coffea_hpc.backends import make_backend
+    from coffea_hpc.cli.progress import RichReporter
+    from coffea_hpc.processing.preprocess import preprocess as prep
+    from coffea_hpc.runner import load_fileset
+
+    fs = load_fileset(fileset)
+    run_dir = output.parent / f".{output.stem}-parsl" if executor == "parsl" else None
+    options = {"run_dir": run_dir} if run_dir else {}
+    with make_backend(_check_executor(executor), workers=workers, **options) as backend:
+        outcome = prep(fs, backend, chunksize=chunksize, align_clusters=align_clusters,
+                       policy=_policy(retries, skip_bad_files), reporter=RichReporter(console))
+    outcome.fileset.save(output)
+    n_chunks = sum(len(f.steps or ()) for _, f in outcome.fileset.files)
+    console.print(
+        f"{len(outcome.fileset.files)} files, {outcome.fileset.n_entries:,} entries, "
+        f"{n_chunks} chunks -> {output}"
+    )
+    for failure in outcome.skipped:
+        console.print(f"[yellow]skipped[/yellow] {failure.describe()}")
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Where data and output go.")] = Path("coffea-hpc-demo"),
+    events: Annotated[int, typer.Option(min=1, help="Events per generated file.")] = 50_000,
+    executor: Executor = "parsl",
+    workers: Workers = None,
+    chunksize: Annotated[int, typer.Option(min=1, help="Entries per chunk.")] = 25_000,
+    verbose: Verbose = 0,
+) -> None:
+    """Generate a small synthetic NanoAOD dataset and run the example dimuon analysis on it."""
+    _setup_logging(verbose)
+    from coffea_hpc.cli.progress import RichReporter, summary_table
+    from coffea_hpc.data.synthetic import generate
+    from coffea_hpc.runner import run as run_analysis
+
+    with console.status("generating synthetic NanoAOD"):
+        fs = generate(output / "data", events_per_file=events)
+    fileset_path = fs.save(output / "fileset.json")
+    console.print(f"fileset: {fileset_path} ({len(fs.files)} files)")
+    outcome = run_analysis(
+        "coffea_hpc.examples.dimuon:DimuonProcessor",
+        fs,
+        backend=_check_executor(executor),
+        workers=workers,
+        output_dir=output / "output",
+        chunksize=chunksize,
+        reporter=RichReporter(console),
+    )
+    console.print(summary_table(outcome.report))
+    _show_demo_result(outcome.output)
+    console.print(f"output: {outcome.output_path}  (load it with coffea.util.load)")
+
+
+def _show_demo_result(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title="dimuon analysis", title_justify="left")
+    for col in ("dataset", "events", "2 muons", "opposite sign", "Z window", "peak [GeV]"):
+        table.add_column(col, justify="left" if col == "dataset" else "right")
+    for name, flow in sorted(result["cutflow"].items()):
+        h = result["mass"][name]
+        centers = h.axes[0].centers
+        peak = centers[h.values().argmax()] if h.values().sum() > 0 else float("nan")
+        table.add_row(name, f"{flow['all']:,}", f"{flow['two muons']:,}",
+                      f"{flow['opposite sign']:,}", f"{flow['Z window']:,}", f"{peak:.1f}")
+    out.print(table)
+
+
+def _register_subcommands() -> None:
+    from coffea_hpc.cli import globus, merge, sites
+
+    for module in (sites, merge, globus):
+        module.register(app)
+
+
+_register_subcommands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app and turn coffea-hpc errors into one-line messages."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as err:
+        console.print(f"[bold red]error:[/bold red] {err}", highlight=False, soft_wrap=True)
+        return 2
+    except ChunkFailedError as err:
+        console.print(f"[bold red]failed:[/bold red] {err}", highlight=False, soft_wrap=True)
+        console.print("what was done is saved; fix the cause and rerun with --resume "
+                      "(details in the output directory's report.json)", highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        console.print("interrupted: what was done is saved; rerun with --resume to continue")
+        return 130
+    except CoffeaHPCError as err:
+        console.print(f"[bold red]error:[/bold red] {err}", highlight=False, soft_wrap=True)
+        return 1
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        console.print("aborted")
+        return 1
+    except Exception as err:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            return err.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

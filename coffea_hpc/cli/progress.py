@@ -1,0 +1,118 @@
+"""Rich progress bars and the closing summary of the command line."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from coffea_hpc.backends.protocol import TaskProgress
+
+__all__ = ["RichReporter", "summary_table"]
+
+
+class _RateColumn(ProgressColumn):
+    """Events per second for chunk bars (files per second would mean little)."""
+
+    def render(self, task: Task) -> Text:
+        events = task.fields.get("events", 0)
+        elapsed = task.elapsed or 0.0
+        if not events or elapsed <= 0:
+            return Text("")
+        return Text(f"{_si(events / elapsed)} ev/s", style="progress.data.speed")
+
+
+class _FailedColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        failed = task.fields.get("failed", 0)
+        retries = task.fields.get("retries", 0)
+        parts = []
+        if failed:
+            parts.append(f"{failed} failed")
+        if retries:
+            parts.append(f"{retries} retried")
+        return Text(", ".join(parts), style="red" if failed else "yellow")
+
+
+class RichReporter:
+    """A `coffea_hpc.progress.Reporter` drawing one bar per stage."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._progress: Progress | None = None
+        self._task_id: Any = None
+
+    def start(self, label: str, total: int, unit: str) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description:<13}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(unit),
+            _RateColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            _FailedColumn(),
+            console=self.console,
+            transient=False,
+            refresh_per_second=5,
+        )
+        self._progress.start()
+        self._task_id = self._progress.add_task(label, total=total, events=0, failed=0,
+                                                retries=0, start_time=time.monotonic())
+
+    def update(self, progress: TaskProgress) -> None:
+        if self._progress is None:
+            return
+        self._progress.update(
+            self._task_id,
+            completed=progress.done + progress.failed,
+            total=progress.total,
+            events=progress.done_weight if progress.total_weight > progress.total else 0,
+            failed=progress.failed,
+            retries=progress.retries,
+        )
+
+    def finish(self, progress: TaskProgress) -> None:
+        if self._progress is None:
+            return
+        self.update(progress)
+        self._progress.stop()
+        self._progress = None
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    table = Table(title=f"coffea-hpc run: {report['status']}", title_justify="left")
+    for col in ("dataset", "files", "chunks", "events", "processed"):
+        table.add_column(col, justify="left" if col == "dataset" else "right")
+    for ds in report["datasets"]:
+        table.add_row(ds["name"], str(ds["files"]), str(ds["chunks"]), f"{ds['entries']:,}",
+                      f"{ds['processed']:,}")
+    table.caption = (
+        f"{report['events']:,} events in {report['wall_time_s']:.1f} s "
+        f"({_si(report['events_per_s'] or 0)} events/s) on {report['backend']} "
+        f"with {report['workers']} workers; "
+        f"{len(report['failed_chunks'])} failed chunks, "
+        f"{len(report['skipped_files'])} skipped files"
+    )
+    table.caption_justify = "left"
+    return table
+
+
+def _si(value: float) -> str:
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.1f}{unit}"
+    return f"{value:.0f}"

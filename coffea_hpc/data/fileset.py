@@ -1,0 +1,289 @@
+"""Filesets: datasets of ROOT files, before and after preprocessing.
+
+Analysts arrive with filesets in the shapes coffea accepts; they are all read into one typed
+model here, so that the rest of coffea-hpc never guesses at dictionary shapes. A preprocessed
+fileset (entries, uuid and chunk boundaries known) is written in coffea's own
+``dataset_tools`` layout, so it can be handed back to coffea unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from coffea_hpc.errors import FilesetError
+
+__all__ = ["DEFAULT_TREENAME", "Dataset", "File", "Fileset"]
+
+DEFAULT_TREENAME = "Events"
+
+_DATASET_KEYS = {"files", "treename", "metadata", "form"}
+_FILE_KEYS = {"object_path", "treename", "steps", "num_entries", "entries", "uuid"}
+
+
+class File(BaseModel):
+    """One ROOT file and the tree to read in it.
+
+    ``entries``, ``uuid`` and ``steps`` are filled by preprocessing; ``steps`` are the
+    half-open entry ranges ``[start, stop)`` that become chunks.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str = Field(min_length=1)
+    treename: str = Field(default=DEFAULT_TREENAME, min_length=1)
+    entries: int | None = Field(default=None, ge=0)
+    uuid: str | None = None
+    steps: tuple[tuple[int, int], ...] | None = None
+
+    @model_validator(mode="after")
+    def _steps_inside_file(self) -> File:
+        if self.steps is None:
+            return self
+        previous = 0
+        for start, stop in self.steps:
+            if not 0 <= start <= stop:
+                raise ValueError(f"step [{start}, {stop}] is not a valid entry range")
+            if start < previous:
+                raise ValueError(f"steps overlap or are unsorted at [{start}, {stop}]")
+            if self.entries is not None and stop > self.entries:
+                raise ValueError(
+                    f"step [{start}, {stop}] ends past the file's {self.entries} entries"
+                )
+            previous = stop
+        return self
+
+    @property
+    def is_prepared(self) -> bool:
+        return self.entries is not None and self.steps is not None
+
+
+class Dataset(BaseModel):
+    """A named list of files that share metadata (cross-section, year, is-data...)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    files: tuple[File, ...]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Fileset(BaseModel):
+    """Datasets by name. Build one with `Fileset.from_mapping` or `Fileset.load`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    datasets: dict[str, Dataset]
+
+    def __iter__(self) -> Iterator[Dataset]:  # type: ignore[override]
+        return iter(self.datasets.values())
+
+    def __len__(self) -> int:
+        return len(self.datasets)
+
+    @property
+    def files(self) -> list[tuple[Dataset, File]]:
+        return [(ds, f) for ds in self.datasets.values() for f in ds.files]
+
+    @property
+    def is_prepared(self) -> bool:
+        return all(f.is_prepared for _, f in self.files)
+
+    @property
+    def n_entries(self) -> int:
+        return sum(f.entries or 0 for _, f in self.files)
+
+    # -- reading -------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | Path) -> Fileset:
+        """Read a fileset from a JSON or YAML file.
+
+        Relative local file paths are resolved against the fileset file's folder, so that a
+        fileset keeps working when a batch job starts in another directory.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FilesetError(f"fileset file {str(path)!r} does not exist")
+        text = path.read_text()
+        try:
+            if path.suffix.lower() in {".yaml", ".yml"}:
+                obj = yaml.safe_load(text)
+            else:
+                obj = json.loads(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as err:
+            where = f"line {err.lineno}" if isinstance(err, json.JSONDecodeError) else "syntax"
+            raise FilesetError(f"{path}: not valid {path.suffix[1:].upper()} ({where}): "
+                               f"{str(err).splitlines()[0]}") from None
+        return cls.from_mapping(obj, source=str(path), base_dir=path.parent)
+
+    @classmethod
+    def from_mapping(
+        cls, obj: Any, *, source: str = "fileset", base_dir: Path | None = None
+    ) -> Fileset:
+        """Read any of the fileset shapes coffea accepts.
+
+        - ``{dataset: [path, ...]}``
+        - ``{dataset: {"treename": tree, "files": [path, ...], "metadata": {...}}}``
+        - ``{dataset: {"files": {path: tree, ...}, "metadata": {...}}}``
+        - ``{dataset: {"files": {path: {"object_path": tree, "steps": [[0, 100], ...],
+          "num_entries": n, "uuid": u}}}}`` (coffea's preprocessed layout, as `save` writes)
+        """
+        if isinstance(obj, Fileset):
+            return obj
+        if not isinstance(obj, Mapping) or not obj:
+            raise FilesetError(
+                f"{source}: a fileset must be a non-empty mapping of dataset name to files, "
+                f"got {_describe(obj)}"
+            )
+        datasets = {}
+        for name, spec in obj.items():
+            datasets[str(name)] = _read_dataset(str(name), spec, source, base_dir)
+        return cls(datasets=datasets)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The coffea ``dataset_tools`` layout; `from_mapping` reads it back unchanged."""
+        out: dict[str, Any] = {}
+        for ds in self.datasets.values():
+            files: dict[str, Any] = {}
+            for f in ds.files:
+                entry: dict[str, Any] = {"object_path": f.treename}
+                if f.steps is not None:
+                    entry["steps"] = [list(s) for s in f.steps]
+                if f.entries is not None:
+                    entry["num_entries"] = f.entries
+                if f.uuid is not None:
+                    entry["uuid"] = f.uuid
+                files[f.path] = entry
+            out[ds.name] = {"files": files, "metadata": dict(ds.metadata)}
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mapping = self.to_mapping()
+        if path.suffix.lower() in {".yaml", ".yml"}:
+            path.write_text(yaml.safe_dump(mapping, sort_keys=False))
+        else:
+            path.write_text(json.dumps(mapping, indent=1) + "\n")
+        return path
+
+    # -- selecting -----------------------------------------------------------------------
+
+    def limit(self, *, files_per_dataset: int | None = None) -> Fileset:
+        """The first ``files_per_dataset`` files of each dataset (for quick test runs)."""
+        if files_per_dataset is None:
+            return self
+        return Fileset(
+            datasets={
+                name: ds.model_copy(update={"files": ds.files[:files_per_dataset]})
+                for name, ds in self.datasets.items()
+            }
+        )
+
+
+def _describe(obj: Any) -> str:
+    if obj is None:
+        return "nothing (empty file?)"
+    if isinstance(obj, Mapping) and not obj:
+        return "an empty mapping"
+    return f"a {type(obj).__name__}"
+
+
+def _read_dataset(name: str, spec: Any, source: str, base_dir: Path | None) -> Dataset:
+    where = f"{source}: dataset {name!r}"
+    treename = DEFAULT_TREENAME
+    metadata: dict[str, Any] = {}
+    if isinstance(spec, list | tuple):
+        raw_files: Any = list(spec)
+    elif isinstance(spec, Mapping):
+        unknown = set(spec) - _DATASET_KEYS
+        if unknown:
+            raise FilesetError(
+                f"{where}: unknown key(s) {sorted(unknown)}; a dataset takes "
+                f"{sorted(_DATASET_KEYS - {'form'})}"
+            )
+        if "files" not in spec:
+            raise FilesetError(f"{where}: missing key 'files'")
+        raw_files = spec["files"]
+        treename = spec.get("treename", DEFAULT_TREENAME)
+        if not isinstance(treename, str) or not treename:
+            raise FilesetError(f"{where}: 'treename' must be a non-empty string")
+        metadata = spec.get("metadata") or {}
+        if not isinstance(metadata, Mapping):
+            raise FilesetError(f"{where}: 'metadata' must be a mapping, got {_describe(metadata)}")
+    else:
+        raise FilesetError(
+            f"{where}: expected a list of files or a mapping with 'files', got {_describe(spec)}"
+        )
+
+    files: list[File] = []
+    if isinstance(raw_files, Mapping):
+        items = list(raw_files.items())
+    elif isinstance(raw_files, list | tuple):
+        items = [(p, None) for p in raw_files]
+    else:
+        raise FilesetError(
+            f"{where}: 'files' must be a list of paths or a mapping of path to tree name, "
+            f"got {_describe(raw_files)}"
+        )
+    if not items:
+        raise FilesetError(f"{where}: has no files")
+    for path, fspec in items:
+        if not isinstance(path, str) or not path:
+            raise FilesetError(f"{where}: file paths must be non-empty strings, got {path!r}")
+        where_file = f"{where}, file {path!r}"
+        files.append(_read_file(_resolve(path, base_dir), fspec, treename, where_file))
+    try:
+        return Dataset(name=name, files=tuple(files), metadata=dict(metadata))
+    except ValidationError as err:
+        raise FilesetError(f"{where}: {_first_error(err)}") from None
+
+
+def _read_file(path: str, spec: Any, treename: str, where: str) -> File:
+    fields: dict[str, Any] = {"path": path, "treename": treename}
+    if isinstance(spec, str):
+        fields["treename"] = spec
+    elif isinstance(spec, Mapping):
+        unknown = set(spec) - _FILE_KEYS
+        if unknown:
+            raise FilesetError(
+                f"{where}: unknown key(s) {sorted(unknown)}; a file takes {sorted(_FILE_KEYS)}"
+            )
+        tree = spec.get("object_path", spec.get("treename"))
+        if tree is not None:
+            fields["treename"] = tree
+        entries = spec.get("num_entries", spec.get("entries"))
+        if entries is not None:
+            fields["entries"] = entries
+        for key in ("uuid", "steps"):
+            if spec.get(key) is not None:
+                fields[key] = spec[key]
+    elif spec is not None:
+        raise FilesetError(
+            f"{where}: expected a tree name or a mapping of file fields, got {_describe(spec)}"
+        )
+    try:
+        return File(**fields)
+    except ValidationError as err:
+        raise FilesetError(f"{where}: {_first_error(err)}") from None
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
+def _resolve(path: str, base_dir: Path | None) -> str:
+    if base_dir is None or "://" in path or Path(path).is_absolute():
+        return path
+    return str((base_dir / path).resolve())

@@ -1,0 +1,72 @@
+"""Files a run leaves behind, and how they are written.
+
+``output.coffea`` is coffea's own save format (lz4-compressed cloudpickle), so
+``coffea.util.load`` and existing plotting scripts read it unchanged. Every file is written
+to a temporary name and renamed, so a killed driver never leaves half a file behind, and
+run directories are created private to the user (mode 700): they may hold analysis results
+before publication.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from coffea.util import load as coffea_load
+from coffea.util import save as coffea_save
+
+__all__ = ["OUTPUT_NAME", "REPORT_NAME", "load", "private_dir", "save", "write_json"]
+
+OUTPUT_NAME = "output.coffea"
+REPORT_NAME = "report.json"
+CHECKPOINT_NAME = "checkpoint.coffea"
+PREPARED_NAME = "prepared.json"
+
+
+def private_dir(path: str | Path) -> Path:
+    """Create ``path`` (and parents) with owner-only permissions on the last level."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def save(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` in coffea's format, atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        coffea_save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | Path) -> Any:
+    return coffea_load(str(path))
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent, text=True)
+    with os.fdopen(fd, "w") as out:
+        json.dump(obj, out, indent=1, default=_jsonable)
+        out.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, set | frozenset | tuple):
+        return sorted(obj) if isinstance(obj, set | frozenset) else list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    return repr(obj)

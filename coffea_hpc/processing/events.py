@@ -1,0 +1,158 @@
+"""Building NanoEvents for a chunk without redoing per-file work.
+
+coffea's Runner reopens the file, re-derives the form of every branch and re-runs the schema
+for each chunk; on real NanoAOD (about 1,500 branches) that costs far more than a light
+analysis of the chunk. Everything except the entry range is the same for every chunk of a
+file, so a worker keeps a few files open and, per file, the tree, its base form and the
+schema's output form; a chunk then only costs a new column mapping and the reconstitution of
+the (virtual, so unread) array.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import awkward as ak
+import uproot
+from coffea.nanoevents import NanoEventsFactory
+from coffea.nanoevents.mapping.uproot import TrivialUprootOpener, UprootSourceMapping
+from coffea.nanoevents.schemas.base import BaseSchema
+from coffea.nanoevents.util import tuple_to_key
+
+from coffea_hpc.data.chunks import Chunk
+from coffea_hpc.errors import FilesetError
+
+__all__ = ["BadFileError", "EventsBuilder", "open_tree"]
+
+log = logging.getLogger(__name__)
+
+
+class BadFileError(OSError):
+    """A file that cannot be opened, or lacks the tree it should have.
+
+    A subclass of `OSError`, so ``--skip-bad-files`` (continue on `OSError`) covers it.
+    """
+
+
+def open_tree(path: str, treename: str, uproot_options: dict[str, Any] | None = None) -> Any:
+    """Open ``path`` and return its tree, with one-line errors for the usual failures."""
+    try:
+        handle = uproot.open(path, **(uproot_options or {}))
+    except FileNotFoundError:
+        raise BadFileError(f"cannot open {path!r}: no such file") from None
+    except Exception as err:
+        raise BadFileError(f"cannot open {path!r}: {type(err).__name__}: {err}") from None
+    try:
+        tree = handle[treename]
+    except KeyError:
+        present = sorted({k.split(";")[0] for k in handle.keys(recursive=False)})
+        handle.close()
+        raise BadFileError(
+            f"{path!r} has no tree {treename!r} (it has: {', '.join(present) or 'nothing'})"
+        ) from None
+    if not isinstance(tree, uproot.behaviors.TTree.TTree):
+        handle.close()
+        raise BadFileError(f"{path!r}: {treename!r} is a {type(tree).__name__}, not a TTree")
+    return tree
+
+
+@dataclass
+class _OpenFile:
+    tree: Any
+    uuid: str
+    forms: dict[type, tuple[ak.forms.Form, dict[str, Any], BaseSchema]]
+
+
+class _ChunkSchema:
+    """The per-file schema, seen with one chunk's metadata; what NanoEventsFactory reads."""
+
+    def __init__(self, form: ak.forms.Form, metadata: dict[str, Any], schema: BaseSchema):
+        self.form = form.copy(parameters={**form.parameters, "metadata": metadata})
+        self._schema = schema
+
+    def behavior(self) -> Any:
+        return self._schema.behavior()
+
+
+class EventsBuilder:
+    """Per-process builder of chunk events, keeping up to ``max_open_files`` files open."""
+
+    def __init__(self, *, max_open_files: int = 4, uproot_options: dict[str, Any] | None = None):
+        self.max_open_files = max_open_files
+        self.uproot_options = dict(uproot_options or {})
+        self._files: OrderedDict[tuple[str, str], _OpenFile] = OrderedDict()
+
+    def events(self, chunk: Chunk, schemaclass: type[BaseSchema],
+               access_log: list[str] | None = None) -> ak.Array:
+        entry = self._open(chunk.filename, chunk.treename)
+        if chunk.fileuuid and entry.uuid != chunk.fileuuid:
+            raise FilesetError(
+                f"{chunk.filename!r} changed since preprocessing (uuid {entry.uuid} is not "
+                f"{chunk.fileuuid}); preprocess the fileset again"
+            )
+        if chunk.entrystop > entry.tree.num_entries:
+            raise FilesetError(
+                f"{chunk.describe()} is past the end of the tree ({entry.tree.num_entries} "
+                "entries); preprocess the fileset again"
+            )
+        form, base_metadata, schema = self._form(entry, schemaclass)
+        mapping = UprootSourceMapping(
+            TrivialUprootOpener({entry.uuid: chunk.filename}, self.uproot_options),
+            chunk.entrystart,
+            chunk.entrystop,
+            cache={},
+            access_log=access_log,
+            file_handle=entry.tree.file,
+            use_ak_forth=True,
+            virtual=True,
+        )
+        mapping.preload_column_source(entry.uuid, entry.tree.object_path, entry.tree)
+        key = tuple_to_key(
+            (entry.uuid, entry.tree.object_path, f"{chunk.entrystart}-{chunk.entrystop}")
+        )
+        metadata = {**base_metadata, **chunk.metadata}
+        factory = NanoEventsFactory(
+            _ChunkSchema(form, metadata, schema), mapping, key, mode="virtual"
+        )
+        return factory.events()
+
+    def close(self) -> None:
+        while self._files:
+            _, entry = self._files.popitem()
+            entry.tree.file.close()
+
+    def _open(self, path: str, treename: str) -> _OpenFile:
+        key = (path, treename)
+        entry = self._files.get(key)
+        if entry is not None:
+            self._files.move_to_end(key)
+            return entry
+        tree = open_tree(path, treename, self.uproot_options)
+        entry = _OpenFile(tree, str(tree.file.uuid), {})
+        self._files[key] = entry
+        while len(self._files) > self.max_open_files:
+            _, old = self._files.popitem(last=False)
+            old.tree.file.close()
+        return entry
+
+    @staticmethod
+    def _form(
+        entry: _OpenFile, schemaclass: type[BaseSchema]
+    ) -> tuple[ak.forms.Form, dict[str, Any], BaseSchema]:
+        cached = entry.forms.get(schemaclass)
+        if cached is not None:
+            return cached
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # coffea warns per unreadable branch; once is enough
+            base_form = UprootSourceMapping._extract_base_form(entry.tree)
+        base_form["typenames"] = entry.tree.typenames()
+        base_form.setdefault("parameters", {})["metadata"] = {}
+        schema = schemaclass(base_form)
+        form = ak.forms.from_dict(schema.form)
+        base_metadata = dict(form.parameters.get("metadata") or {})
+        entry.forms[schemaclass] = (form, base_metadata, schema)
+        return entry.forms[schemaclass]

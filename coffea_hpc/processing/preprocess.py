@@ -1,0 +1,154 @@
+"""Preprocessing: open each file once, record what chunking needs, split into chunks.
+
+Opening files is itself distributed work (thousands of remote files take a while), so it is
+a `Computable` run on the same backend as the analysis. A file whose entries and uuid are
+already known (a prepared fileset) is not opened again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from coffea_hpc.backends.protocol import Backend, ErrorPolicy
+from coffea_hpc.data.chunks import aligned_steps, even_steps
+from coffea_hpc.data.fileset import Dataset, File, Fileset
+from coffea_hpc.processing.events import open_tree
+from coffea_hpc.processing.result import Failure, RemoteError, Result
+from coffea_hpc.progress import Reporter, watch
+
+__all__ = ["DEFAULT_CHUNKSIZE", "FileInfo", "InspectFile", "Preprocessed", "preprocess"]
+
+DEFAULT_CHUNKSIZE = 100_000
+
+FileKey = tuple[str, str]
+"""(dataset, path)"""
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    entries: int
+    uuid: str
+    cluster_starts: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class InspectFile:
+    """One element: open a file and read its entry count, uuid and cluster boundaries."""
+
+    dataset: str
+    path: str
+    treename: str
+    clusters: bool = False
+
+    @property
+    def keys(self) -> tuple[FileKey]:
+        return ((self.dataset, self.path),)
+
+    @property
+    def labels(self) -> tuple[str]:
+        return (f"{self.path}:{self.treename}",)
+
+    @property
+    def weight(self) -> int:
+        return 1
+
+    def __call__(self) -> Result:
+        key = self.keys[0]
+        try:
+            tree = open_tree(self.path, self.treename)
+            try:
+                starts = tuple(int(x) for x in tree.common_entry_offsets()) if self.clusters \
+                    else None
+                info = FileInfo(int(tree.num_entries), str(tree.file.uuid), starts)
+            finally:
+                tree.file.close()
+        except Exception as exc:
+            return Result(failures=(Failure(key, RemoteError.from_exception(exc), 1,
+                                            self.labels[0]),))
+        return Result(value={key: info})
+
+
+class Inspection:
+    """The files of a fileset that need opening."""
+
+    def __init__(self, elements: Iterable[InspectFile]) -> None:
+        self._elements = {e.keys[0]: e for e in elements}
+
+    def __iter__(self) -> Iterator[InspectFile]:
+        return iter(self._elements.values())
+
+    def __len__(self) -> int:
+        return len(self._elements)
+
+    def keys(self) -> list[Hashable]:
+        return list(self._elements)
+
+    def subset(self, keys: Iterable[Hashable]) -> Inspection:
+        wanted = set(keys)
+        return Inspection(e for k, e in self._elements.items() if k in wanted)
+
+
+@dataclass
+class Preprocessed:
+    """The prepared fileset, and the files left out of it (with why)."""
+
+    fileset: Fileset
+    skipped: list[Failure] = field(default_factory=list)
+
+
+def preprocess(
+    fileset: Fileset,
+    backend: Backend,
+    *,
+    chunksize: int | None = None,
+    align_clusters: bool = False,
+    policy: ErrorPolicy | None = None,
+    reporter: Reporter | None = None,
+) -> Preprocessed:
+    """Fill in entries, uuid and steps for every file.
+
+    ``chunksize=None`` keeps the steps a prepared fileset already has (and uses
+    `DEFAULT_CHUNKSIZE` for files without); a number re-splits every file.
+    With ``align_clusters`` chunks end on ROOT cluster boundaries, which needs each file
+    opened. Unreadable files stop preprocessing unless ``policy`` continues on `OSError`
+    (``ErrorPolicy.skip_bad_files()``); skipped files are listed in the outcome.
+    """
+    todo = Inspection(
+        InspectFile(ds.name, f.path, f.treename, align_clusters)
+        for ds, f in fileset.files
+        if align_clusters or f.entries is None or f.uuid is None
+    )
+    infos: dict[FileKey, FileInfo] = {}
+    skipped: list[Failure] = []
+    if len(todo):
+        task = backend.compute(todo, policy)
+        result = watch(task, "preprocessing", reporter, unit="files")
+        infos = result.value or {}
+        skipped = list(result.failures)
+    skipped_keys = {f.key for f in skipped}
+
+    datasets = {}
+    for ds in fileset:
+        files = []
+        for f in ds.files:
+            key = (ds.name, f.path)
+            if key in skipped_keys:
+                continue
+            files.append(_prepared(f, infos.get(key), chunksize))
+        if files:
+            datasets[ds.name] = Dataset(name=ds.name, files=tuple(files), metadata=ds.metadata)
+    return Preprocessed(Fileset(datasets=datasets), skipped)
+
+
+def _prepared(f: File, info: FileInfo | None, chunksize: int | None) -> File:
+    entries = info.entries if info else f.entries
+    uuid = info.uuid if info else f.uuid
+    assert entries is not None
+    if chunksize is None and f.steps is not None and info is None:
+        steps = f.steps
+    elif info is not None and info.cluster_starts is not None:
+        steps = tuple(aligned_steps(info.cluster_starts, entries, chunksize or DEFAULT_CHUNKSIZE))
+    else:
+        steps = tuple(even_steps(entries, chunksize or DEFAULT_CHUNKSIZE))
+    return f.model_copy(update={"entries": entries, "uuid": uuid, "steps": steps})

@@ -1,0 +1,138 @@
+"""Results: an accumulated processor output plus the ledger of what it covers.
+
+A `Result` is what every piece of work returns and what every backend adds up. Besides the
+processor's own output (merged with coffea's accumulate semantics) it carries the entry
+ranges it counted, the chunks that failed (with the error, so nothing is silently dropped)
+and run metrics. ``a + b`` never mutates its operands; `Result.absorb` folds in place for
+the running sum a driver or worker keeps.
+"""
+
+from __future__ import annotations
+
+import traceback as tb
+from collections.abc import Hashable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from coffea.processor.accumulator import add, iadd
+
+from coffea_hpc.data.ranges import EntryRanges
+from coffea_hpc.errors import MergeError
+
+__all__ = ["Failure", "RemoteError", "Result", "merge_values"]
+
+
+@dataclass(frozen=True)
+class RemoteError:
+    """An exception that happened elsewhere, kept as plain data.
+
+    Exceptions raised in user code on a worker may not survive pickling; their type names,
+    message and formatted traceback always do, and are enough to decide what to do
+    (`matches`) and to tell the user (`summary`).
+    """
+
+    type_names: tuple[str, ...]
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> RemoteError:
+        names = tuple(
+            f"{t.__module__}.{t.__qualname__}" if t.__module__ != "builtins" else t.__qualname__
+            for t in type(exc).__mro__
+            if t is not object
+        )
+        text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(names, str(exc), text)
+
+    @property
+    def type_name(self) -> str:
+        return self.type_names[0].rsplit(".", 1)[-1] if self.type_names else "Exception"
+
+    def matches(self, types: tuple[type[BaseException], ...]) -> bool:
+        """Whether the original exception was an instance of one of ``types``."""
+        wanted = {
+            f"{t.__module__}.{t.__qualname__}" if t.__module__ != "builtins" else t.__qualname__
+            for t in types
+        }
+        return any(name in wanted for name in self.type_names)
+
+    def summary(self) -> str:
+        return f"{self.type_name}: {self.message}" if self.message else self.type_name
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A unit of work (a chunk, or a file while preprocessing) that did not succeed."""
+
+    key: Hashable
+    error: RemoteError
+    attempts: int = 1
+    label: str = ""
+
+    def describe(self) -> str:
+        return f"{self.label or self.key}: {self.error.summary()}"
+
+
+def merge_values(a: Any, b: Any, *, in_place: bool = False) -> Any:
+    """coffea's accumulate semantics for two values; ``None`` is the identity."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    try:
+        return iadd(a, b) if in_place else add(a, b)
+    except (ValueError, TypeError) as err:
+        raise MergeError(f"cannot merge {type(a).__name__} with {type(b).__name__}: {err}") from err
+
+
+@dataclass
+class Result:
+    """An addable partial result.
+
+    ``value`` is the processor's output before ``postprocess`` (``None`` when empty);
+    ``processed`` the entries it counted; ``failures`` the work it could not do.
+    """
+
+    value: Any = None
+    processed: EntryRanges = field(default_factory=EntryRanges)
+    failures: tuple[Failure, ...] = ()
+    metrics: dict[str, Any] = field(default_factory=dict)
+    _owned: bool = field(default=False, repr=False, compare=False)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.value is None and not self.processed and not self.failures
+
+    def __add__(self, other: Result) -> Result:
+        if not isinstance(other, Result):
+            return NotImplemented
+        return Result(
+            value=merge_values(self.value, other.value),
+            processed=self.processed + other.processed,
+            failures=self.failures + other.failures,
+            metrics=merge_values(self.metrics or None, other.metrics or None) or {},
+        )
+
+    def __radd__(self, other: Any) -> Result:
+        if other == 0 or other is None:  # sum() starts from 0
+            return self
+        return NotImplemented
+
+    def absorb(self, other: Result) -> Result:
+        """Fold ``other`` into this result in place and return it.
+
+        The first fold copies, so an object the processor handed out (and may still hold)
+        is never mutated; later folds reuse the running sum.
+        """
+        processed = self.processed + other.processed  # checks overlap before any mutation
+        was_empty = self.value is None
+        self.value = merge_values(self.value, other.value, in_place=self._owned)
+        self._owned = not was_empty
+        self.metrics = merge_values(self.metrics or None, other.metrics or None) or {}
+        self.processed = processed
+        self.failures = self.failures + other.failures
+        return self
+
+    def without_failures(self) -> Result:
+        return replace(self, failures=())

@@ -1,0 +1,96 @@
+"""A processor over a list of chunks, as a `Computable` any backend can run.
+
+Chunks are grouped into elements of ``chunks_per_task`` consecutive chunks (consecutive
+chunks usually share a file, so a worker reuses the open file and its form); the element
+folds its chunks' outputs before sending one result back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from coffea_hpc.data.chunks import Chunk, ChunkKey
+from coffea_hpc.processing.processor import ProcessorHandle
+from coffea_hpc.processing.result import Result
+from coffea_hpc.processing.worker import process_chunks, resolve_schema
+
+__all__ = ["ProcessChunks", "Workload"]
+
+
+@dataclass(frozen=True)
+class ProcessChunks:
+    """One element: run the processor over a few chunks on a worker."""
+
+    processor: ProcessorHandle
+    chunks: tuple[Chunk, ...]
+    schema: str = "nanoaod"
+
+    @property
+    def keys(self) -> tuple[ChunkKey, ...]:
+        return tuple(c.key for c in self.chunks)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(c.describe() for c in self.chunks)
+
+    @property
+    def weight(self) -> int:
+        return sum(c.entries for c in self.chunks)
+
+    def __call__(self) -> Result:
+        return process_chunks(self.processor, self.chunks, self.schema)
+
+
+class Workload:
+    """The processing of a fileset's chunks by one processor."""
+
+    def __init__(
+        self,
+        processor: ProcessorHandle,
+        chunks: Sequence[Chunk],
+        *,
+        schema: str = "nanoaod",
+        chunks_per_task: int = 1,
+    ) -> None:
+        if chunks_per_task < 1:
+            raise ValueError(f"chunks_per_task must be >= 1, got {chunks_per_task}")
+        resolve_schema(schema)  # fail on the driver, not on every worker
+        self.processor = processor
+        self.chunks = tuple(chunks)
+        self.schema = schema
+        self.chunks_per_task = chunks_per_task
+
+    def __iter__(self) -> Iterator[ProcessChunks]:
+        batch: list[Chunk] = []
+        for chunk in self.chunks:
+            if batch and (
+                len(batch) >= self.chunks_per_task or batch[-1].filename != chunk.filename
+            ):
+                yield ProcessChunks(self.processor, tuple(batch), self.schema)
+                batch = []
+            batch.append(chunk)
+        if batch:
+            yield ProcessChunks(self.processor, tuple(batch), self.schema)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __repr__(self) -> str:
+        return f"Workload({len(self.chunks)} chunks, {self.n_entries} entries)"
+
+    @property
+    def n_entries(self) -> int:
+        return sum(c.entries for c in self.chunks)
+
+    def keys(self) -> list[ChunkKey]:
+        return [c.key for c in self.chunks]
+
+    def subset(self, keys: Iterable[Hashable]) -> Workload:
+        wanted = set(keys)
+        return Workload(
+            self.processor,
+            [c for c in self.chunks if c.key in wanted],
+            schema=self.schema,
+            chunks_per_task=self.chunks_per_task,
+        )

@@ -1,0 +1,264 @@
+"""A whole run: preprocess, process every chunk, merge, write one output.
+
+`run` is what ``coffea-hpc run`` calls and what a notebook calls. It never loses finished
+work: progress is checkpointed to the output directory while chunks come in, a failure or an
+interrupt writes what was done before re-raising, and ``resume=True`` starts from that
+checkpoint and processes only what is missing. The exactly-once ledger in every `Result`
+guarantees a resumed run cannot count an entry twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from coffea_hpc import output as files
+from coffea_hpc.backends import Backend, ErrorPolicy, Task, make_backend
+from coffea_hpc.data.chunks import Chunk, chunks_of
+from coffea_hpc.data.fileset import Fileset
+from coffea_hpc.errors import ChunkFailedError, UserError
+from coffea_hpc.processing.preprocess import Preprocessed, preprocess
+from coffea_hpc.processing.processor import ProcessorHandle, load_processor, postprocess
+from coffea_hpc.processing.result import Result
+from coffea_hpc.processing.workload import Workload
+from coffea_hpc.progress import Reporter
+
+__all__ = ["RunOutcome", "load_fileset", "run"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOutcome:
+    """What a run produced: the postprocessed output, the raw result and the report."""
+
+    output: Any
+    result: Result
+    report: dict[str, Any]
+    output_dir: Path | None = None
+    prepared: Fileset | None = None
+
+    @property
+    def output_path(self) -> Path | None:
+        return self.output_dir / files.OUTPUT_NAME if self.output_dir else None
+
+
+@dataclass
+class _Checkpointer:
+    """Writes the running result to disk every ``interval`` seconds (and on demand)."""
+
+    path: Path | None
+    interval: float
+    base: Result = field(default_factory=Result)
+    _last: float = field(default_factory=time.monotonic)
+
+    def tick(self, task: Task) -> None:
+        if self.path is None or time.monotonic() - self._last < self.interval:
+            return
+        partial, _ = task.partial_result()
+        self.write(partial)
+
+    def write(self, partial: Result) -> None:
+        if self.path is None:
+            return
+        files.save(self.base + partial, self.path)
+        self._last = time.monotonic()
+        log.info("checkpoint written to %s", self.path)
+
+
+def load_fileset(fileset: Fileset | Mapping[str, Any] | str | Path) -> Fileset:
+    if isinstance(fileset, Fileset):
+        return fileset
+    if isinstance(fileset, str | Path):
+        return Fileset.load(fileset)
+    return Fileset.from_mapping(fileset)
+
+
+def run(
+    processor: Any,
+    fileset: Fileset | Mapping[str, Any] | str | Path,
+    *,
+    backend: Backend | str = "parsl",
+    workers: int | None = None,
+    output_dir: str | Path | None = None,
+    chunksize: int | None = None,
+    schema: str = "nanoaod",
+    limit_files: int | None = None,
+    limit_chunks: int | None = None,
+    align_clusters: bool = False,
+    policy: ErrorPolicy | None = None,
+    chunks_per_task: int = 1,
+    resume: bool = False,
+    checkpoint_interval: float = 60.0,
+    reporter: Reporter | None = None,
+) -> RunOutcome:
+    """Run ``processor`` over ``fileset`` and return (and, with ``output_dir``, write) the
+    postprocessed output.
+
+    ``processor`` is an object or a ``'file.py:Name'``/``'module:Name'`` string; ``backend``
+    a started-or-not `Backend` or a name (then ``workers`` sets its size). See the
+    command-line help of ``coffea-hpc run`` for the meaning of the other options.
+    """
+    started = time.time()
+    proc = load_processor(processor) if isinstance(processor, str) else processor
+    handle = ProcessorHandle.wrap(proc)
+    fs = load_fileset(fileset).limit(files_per_dataset=limit_files)
+    out_dir = files.private_dir(output_dir) if output_dir is not None else None
+    checkpoint_path = out_dir / files.CHECKPOINT_NAME if out_dir else None
+    checkpoint = _Checkpointer(checkpoint_path, checkpoint_interval)
+    if resume:
+        checkpoint.base = _load_checkpoint(checkpoint_path)
+
+    with contextlib.ExitStack() as stack:
+        if isinstance(backend, str):
+            options = {"run_dir": out_dir / "parsl"} if backend == "parsl" and out_dir else {}
+            backend = make_backend(backend, workers=workers, **options)
+        stack.enter_context(backend)  # type: ignore[arg-type]
+
+        prep = preprocess(fs, backend, chunksize=chunksize, align_clusters=align_clusters,
+                          policy=policy, reporter=reporter)
+        if out_dir is not None:
+            prep.fileset.save(out_dir / files.PREPARED_NAME)
+        chunks = _todo(chunks_of(prep.fileset, limit_chunks=limit_chunks), checkpoint.base)
+        work = Workload(handle, chunks, schema=schema, chunks_per_task=chunks_per_task)
+        task = backend.compute(work, policy)
+        try:
+            result = _watch(task, reporter, checkpoint.tick)
+        except ChunkFailedError as err:
+            if isinstance(err.partial, Result):
+                checkpoint.write(err.partial)
+            _write_report(out_dir, _report("failed", started, backend, prep, work,
+                                           checkpoint.base + _partial(err), error=str(err)))
+            raise
+        except BaseException:
+            partial, _ = task.partial_result()
+            checkpoint.write(partial)
+            _write_report(out_dir, _report("interrupted", started, backend, prep, work,
+                                           checkpoint.base + partial))
+            raise
+
+    total = checkpoint.base + result
+    final = postprocess(proc, total.value)
+    report = _report("complete" if not total.failures else "incomplete", started, backend, prep,
+                     work, total)
+    if out_dir is not None:
+        files.save(final, out_dir / files.OUTPUT_NAME)
+        _write_report(out_dir, report)
+        if checkpoint_path is not None:
+            checkpoint_path.unlink(missing_ok=True)
+    return RunOutcome(final, total, report, out_dir, prep.fileset)
+
+
+def _watch(task: Task, reporter: Reporter | None, tick: Callable[[Task], None]) -> Result:
+    from coffea_hpc.progress import watch
+
+    return watch(task, "processing", reporter, unit="chunks", on_tick=tick)
+
+
+def _partial(err: ChunkFailedError) -> Result:
+    return err.partial if isinstance(err.partial, Result) else Result()
+
+
+def _load_checkpoint(path: Path | None) -> Result:
+    if path is None:
+        raise UserError("resuming needs the output directory of the interrupted run")
+    if not path.exists():
+        log.info("no checkpoint in %s: starting from the beginning", path.parent)
+        return Result()
+    loaded = files.load(path)
+    if not isinstance(loaded, Result):
+        raise UserError(f"{path} is not a coffea-hpc checkpoint")
+    log.info("resuming from %s (%d entries done)", path, loaded.processed.n_entries)
+    return loaded
+
+
+def _todo(chunks: list[Chunk], done: Result) -> list[Chunk]:
+    """Chunks not already counted in ``done`` (a checkpoint)."""
+    if not done.processed:
+        return chunks
+    out = []
+    for c in chunks:
+        key = (c.dataset, c.filename, c.treename)
+        if done.processed.covers(key, c.entrystart, c.entrystop):
+            continue
+        if done.processed.overlaps(key, c.entrystart, c.entrystop):
+            raise UserError(
+                f"the checkpoint covers part of {c.describe()}: the chunking changed since it "
+                "was written; resume with the same --chunksize (or start afresh)"
+            )
+        out.append(c)
+    return out
+
+
+def _report(
+    status: str,
+    started: float,
+    backend: Backend,
+    prep: Preprocessed,
+    work: Workload,
+    result: Result,
+    *,
+    error: str | None = None,
+) -> dict[str, Any]:
+    wall = time.time() - started
+    metrics = dict(result.metrics)
+    entries = result.processed.n_entries
+    datasets = []
+    for ds in prep.fileset:
+        n_chunks = sum(1 for c in work.chunks if c.dataset == ds.name)
+        processed = sum(sum(b - a for a, b in spans)
+                        for (d, _, _), spans in result.processed if d == ds.name)
+        datasets.append({"name": ds.name, "files": len(ds.files), "chunks": n_chunks,
+                         "entries": sum(f.entries or 0 for f in ds.files),
+                         "processed": processed})
+    return {
+        "status": status,
+        "error": error,
+        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "wall_time_s": round(wall, 3),
+        "backend": getattr(backend, "name", type(backend).__name__),
+        "workers": getattr(backend, "workers", None),
+        "events": entries,
+        "events_per_s": round(entries / wall, 1) if wall > 0 else None,
+        "datasets": datasets,
+        "failed_chunks": [
+            {"chunk": f.label or str(f.key), "error": f.error.summary(), "attempts": f.attempts,
+             "traceback": f.error.traceback}
+            for f in result.failures
+        ],
+        "skipped_files": [
+            {"file": f.label or str(f.key), "error": f.error.summary()} for f in prep.skipped
+        ],
+        "processed_ranges": result.processed.to_json(),
+        "metrics": {
+            "chunks": metrics.get("chunks", 0),
+            "build_time_s": round(metrics.get("buildtime", 0.0), 3),
+            "process_time_s": round(metrics.get("processtime", 0.0), 3),
+            "columns": sorted(metrics.get("columns", ())),
+        },
+        "versions": _versions(),
+    }
+
+
+def _write_report(out_dir: Path | None, report: dict[str, Any]) -> None:
+    if out_dir is not None:
+        files.write_json(report, out_dir / files.REPORT_NAME)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("coffea-hpc", "coffea", "awkward", "uproot", "parsl", "hist"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out

@@ -1,0 +1,44 @@
+"""Comparisons shared by the tests: what "the same result" means across backends.
+
+Counts (integer storages, counters, sets) must be bit-identical; floating-point sums may differ
+only by summation order, so they are compared with a tight relative tolerance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from typing import Any
+
+import hist
+import numpy as np
+
+FLOAT_RTOL = 1e-9
+
+
+def assert_same(a: Any, b: Any, path: str = "output") -> None:
+    """Recursively compare two processor outputs."""
+    if isinstance(a, Mapping):
+        assert isinstance(b, Mapping), f"{path}: {type(b).__name__} is not a mapping"
+        assert set(a) == set(b), f"{path}: keys differ: {sorted(set(a) ^ set(b))}"
+        for key in a:
+            assert_same(a[key], b[key], f"{path}[{key!r}]")
+    elif isinstance(a, hist.Hist):
+        assert isinstance(b, hist.Hist), f"{path}: {type(b).__name__} is not a Hist"
+        assert a.axes == b.axes, f"{path}: axes differ"
+        va, vb = a.view(flow=True), b.view(flow=True)
+        if va.dtype.names:  # weighted storages: sums of floats
+            for field in va.dtype.names:
+                np.testing.assert_allclose(va[field], vb[field], rtol=FLOAT_RTOL,
+                                           err_msg=f"{path}.{field}")
+        elif np.issubdtype(va.dtype, np.integer):
+            np.testing.assert_array_equal(va, vb, err_msg=path)
+        else:
+            np.testing.assert_allclose(va, vb, rtol=FLOAT_RTOL, err_msg=path)
+    elif isinstance(a, Set):
+        assert a == b, f"{path}: sets differ"
+    elif isinstance(a, float | np.floating):
+        assert b == a or abs(b - a) <= FLOAT_RTOL * max(abs(a), abs(b)), f"{path}: {a} != {b}"
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_allclose(a, b, rtol=FLOAT_RTOL, err_msg=path)
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"

@@ -8,6 +8,7 @@ in the thread that calls into the task, so no locks guard the running sum.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import queue
@@ -120,9 +121,7 @@ class FutureTask:
         )
 
     def cancel(self) -> None:
-        for _, future in self._inflight.values():
-            future.cancel()
-        self._inflight.clear()
+        self._forget_inflight()
         if self._status in (TaskStatus.PENDING, TaskStatus.RUNNING):
             self._status = TaskStatus.CANCELLED
 
@@ -210,9 +209,7 @@ class FutureTask:
         label = self._labels.get(key, str(key))
         tries = f" (after {attempts} attempts)" if attempts > 1 else ""
         self._status = TaskStatus.FAILED
-        for _, future in self._inflight.values():
-            future.cancel()
-        self._inflight.clear()
+        self._forget_inflight()
         self._failed[key] = Failure(key, error, attempts, label)
         stop = ChunkFailedError(
             f"{label}: {error.summary()}{tries}",
@@ -221,6 +218,13 @@ class FutureTask:
         )
         stop.failure = self._failed[key]  # type: ignore[attr-defined]
         self._stop = stop
+
+    def _forget_inflight(self) -> None:
+        """Cancel what has not started; results of what has are ignored when they come."""
+        for _, future in self._inflight.values():
+            with contextlib.suppress(NotImplementedError):  # Parsl's AppFuture cannot cancel
+                future.cancel()
+        self._inflight.clear()
 
     def _remaining(self) -> Computable:
         return self._work.subset(k for k in self._all_keys if k not in self._done)

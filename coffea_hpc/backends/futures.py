@@ -1,25 +1,53 @@
 """A pool of local worker processes (``concurrent.futures``).
 
 Workers are forked from a server process that has already imported coffea-hpc, so they start
-in milliseconds and never inherit the driver's threads. A worker that dies breaks the whole
-pool in ``concurrent.futures``; the pool is then replaced, and the lost elements come back as
-failures for the task to retry.
+quickly and never inherit the driver's threads. (Like every process pool, this needs the
+usual ``if __name__ == "__main__":`` guard in scripts.)
+
+When one worker dies (an OOM kill, a segfault in a C extension), ``concurrent.futures``
+breaks the whole pool and fails every queued element with it. Charging all of them a retry
+would let one bad chunk exhaust everybody's retries, so this backend works out which element
+was running in the dead process: that one fails (and the task's error policy decides), all
+others are quietly resubmitted to a fresh pool.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import os
+import shutil
+import tempfile
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
 
-from coffea_hpc.backends._base import PoolBackend, run_element
+from coffea_hpc.backends._base import PoolBackend
 from coffea_hpc.backends.protocol import WorkElement
 
-__all__ = ["FuturesBackend"]
+__all__ = ["FuturesBackend", "WorkerDied"]
 
 log = logging.getLogger(__name__)
+
+_FREE_RESUBMITS = 5
+"""How often an element caught in someone else's crash is resubmitted without charge."""
+
+
+class WorkerDied(RuntimeError):
+    """The worker process running an element exited abruptly."""
+
+
+def _run_tracked(element: WorkElement, scratch: str, token: int) -> Any:
+    """Leave a note saying which process runs ``token`` while it runs."""
+    note = Path(scratch) / str(token)
+    note.write_text(str(os.getpid()))
+    try:
+        return element()
+    finally:
+        note.unlink(missing_ok=True)
 
 
 class FuturesBackend(PoolBackend):
@@ -31,20 +59,79 @@ class FuturesBackend(PoolBackend):
         if self._workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.RLock()
+        self._tokens = itertools.count()
+        self._scratch = ""
 
     @property
     def workers(self) -> int:
         return self._workers
 
     def submit(self, element: WorkElement) -> Future:
-        assert self._pool is not None
+        outer: Future = Future()
+        self._dispatch(element, outer, _FREE_RESUBMITS)
+        return outer
+
+    def _dispatch(self, element: WorkElement, outer: Future, free: int) -> None:
+        token = next(self._tokens)
+        with self._lock:
+            pool = self._live_pool()
+            inner = pool.submit(_run_tracked, element, self._scratch, token)
+        inner.add_done_callback(
+            lambda f: self._settle(f, pool, element, outer, token, free)
+        )
+
+    def _settle(self, inner: Future, pool: ProcessPoolExecutor, element: WorkElement,
+                outer: Future, token: int, free: int) -> None:
+        if outer.cancelled():
+            return
+        if inner.cancelled():
+            outer.cancel()
+            return
+        exc = inner.exception()
+        if exc is None:
+            outer.set_result(inner.result())
+            return
+        if not isinstance(exc, BrokenProcessPool) or not self._started:
+            outer.set_exception(exc)
+            return
+        culprit = self._died_running(pool, token)
+        if culprit is not None or free <= 0:
+            outer.set_exception(WorkerDied(
+                f"the worker process{f' (pid {culprit})' if culprit else ''} running this "
+                "exited abruptly (killed for memory, or a crash in compiled code?)"))
+            return
         try:
-            return self._pool.submit(run_element, element)
-        except BrokenProcessPool:
+            self._dispatch(element, outer, free - 1)
+        except Exception as err:  # the backend is closing
+            outer.set_exception(err)
+
+    def _died_running(self, pool: ProcessPoolExecutor, token: int) -> int | None:
+        """The pid of the dead process if it was running ``token``, else None.
+
+        ``concurrent.futures`` fails the futures before it terminates the surviving workers,
+        so at this moment only the process that crashed has an exit code.
+        """
+        note = Path(self._scratch) / str(token)
+        try:
+            pid = int(note.read_text())
+        except (OSError, ValueError):
+            return None  # never started: innocent
+        note.unlink(missing_ok=True)
+        processes = getattr(pool, "_processes", None) or {}
+        proc = processes.get(pid)
+        if proc is None or proc.exitcode is not None:
+            return pid
+        return None
+
+    def _live_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            raise RuntimeError("the futures backend is closed")
+        if getattr(self._pool, "_broken", False):
             log.warning("a worker process died; starting a new pool")
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=False, cancel_futures=False)
             self._pool = self._new_pool()
-            return self._pool.submit(run_element, element)
+        return self._pool
 
     def _new_pool(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("forkserver")
@@ -52,9 +139,12 @@ class FuturesBackend(PoolBackend):
         return ProcessPoolExecutor(max_workers=self._workers, mp_context=context)
 
     def _start(self) -> None:
+        self._scratch = tempfile.mkdtemp(prefix="coffea-hpc-futures-")
         self._pool = self._new_pool()
 
     def _close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self._scratch, ignore_errors=True)

@@ -155,9 +155,42 @@ def _events(
     cols["MET_sumEt"] = (met_pt * 8 + rng.exponential(300, n)).astype(np.float32)
     cols["PV_npvs"] = rng.poisson(30, n).astype(np.int32)
     cols["HLT_IsoMu24"] = ak.to_numpy(ak.any(muons.pt > 26, axis=1))
+    for name, mean in _MINOR_COLLECTIONS.items():
+        cols[name] = _simple_collection(rng, n, mean)
     if profile == "nanoaod":
         _pad_to_nanoaod(cols, rng, n)
+    _add_cross_references(cols)
     return cols
+
+
+_MINOR_COLLECTIONS = {
+    "Photon": 0.5, "Tau": 0.3, "FatJet": 0.3, "SubJet": 0.6, "LowPtElectron": 0.2,
+    "FsrPhoton": 0.1,
+}
+"""Collections the NanoAOD schema cross-references; small, so the schema finds them all."""
+
+
+def _simple_collection(rng: np.random.Generator, n: int, mean: float) -> ak.Array:
+    counts = rng.poisson(mean, n)
+    total = int(counts.sum())
+    return ak.unflatten(ak.Array({
+        "pt": (10 + rng.exponential(20.0, total)).astype(np.float32),
+        "eta": rng.uniform(-2.5, 2.5, total).astype(np.float32),
+        "phi": rng.uniform(-np.pi, np.pi, total).astype(np.float32),
+    }), counts)
+
+
+def _add_cross_references(cols: dict[str, Any]) -> None:
+    """Give every collection the index branches NanoAOD has (``Muon_jetIdx``...), set to -1
+    ("no match"), so the NanoAOD schema finds the cross-references it expects."""
+    from coffea.nanoevents.schemas.nanoaod import NanoAODSchema
+
+    for indexer in NanoAODSchema.all_cross_references:
+        source, name = indexer.split("_", 1)
+        coll = cols.get(source)
+        if isinstance(coll, ak.Array) and name not in coll.fields:
+            cols[source] = ak.with_field(coll, ak.values_astype(ak.zeros_like(coll.pt) - 1,
+                                                                np.int32), name)
 
 
 def _muons(process: str, rng: np.random.Generator, n: int) -> ak.Array:
@@ -286,6 +319,9 @@ _PAD_COLLECTIONS = {
     "OtherPV": (3.0, 1),
     "LHEPart": (4.0, 6),
     "boostedTau": (0.2, 25),
+    "FsrPhoton": (0.1, 4),
+    "GenVisTau": (0.3, 5),
+    "GenJetAK8": (1.0, 4),
 }
 _PAD_FLAGS = {"HLT": 690, "L1": 430, "Flag": 30}
 _PAD_SCALARS = 60
@@ -311,7 +347,7 @@ def _pad_to_nanoaod(cols: dict[str, Any], rng: np.random.Generator, n: int) -> N
         fields = {"pt": rng.integers(1, 200, total).astype(np.float32),
                   "eta": rng.integers(-25, 25, total).astype(np.float32) / 10,
                   "phi": rng.integers(-31, 31, total).astype(np.float32) / 10}
-        if name == "GenPart":
+        if name in ("GenPart", "GenVisTau"):
             fields["genPartIdxMother"] = np.full(total, -1, dtype=np.int32)
             fields["pdgId"] = rng.choice(np.array([1, 2, 11, 13, 21, 22], dtype=np.int32), total)
             fields["status"] = np.ones(total, dtype=np.int32)

@@ -57,7 +57,7 @@ class DimuonProcessor(processor.ProcessorABC):
             "met": {dataset: h_met},
             "njet": {dataset: h_njet},
             "cutflow": {dataset: cutflow},
-            "sumw": {dataset: float(ak.sum(weight))},
+            "sumw": {dataset: float(np.sum(ak.to_numpy(weight), dtype=np.float64))},
             "datasets": {dataset},
         }
 

@@ -102,7 +102,7 @@ def process_chunks(
 
 def _process_one(proc: Any, chunk: Chunk, schemaclass: type, metrics: bool) -> Result:
     start = time.perf_counter()
-    columns: list[str] = []
+    columns: list[Any] = []
     events = builder().events(chunk, schemaclass, access_log=columns if metrics else None)
     built = time.perf_counter()
     out = run_processor(proc, events)
@@ -114,7 +114,7 @@ def _process_one(proc: Any, chunk: Chunk, schemaclass: type, metrics: bool) -> R
             "chunks": 1,
             "buildtime": built - start,
             "processtime": done - built,
-            "columns": set(columns),
+            "columns": {getattr(c, "branch", c) for c in columns},
         }
     return Result(
         value=out,

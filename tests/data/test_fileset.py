@@ -1,0 +1,115 @@
+"""Filesets in every shape analysts bring, and one-line errors for malformed ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from coffea_hpc.data.fileset import Fileset
+from coffea_hpc.errors import FilesetError
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"ZJets": ["/data/a.root", "/data/b.root"]},
+        {"ZJets": {"treename": "Events", "files": ["/data/a.root", "/data/b.root"]}},
+        {"ZJets": {"files": {"/data/a.root": "Events", "/data/b.root": "Events"}}},
+        {"ZJets": {"files": {"/data/a.root": {"object_path": "Events"},
+                             "/data/b.root": {"object_path": "Events"}}}},
+    ],
+    ids=["list", "treename+list", "path->tree", "dataset_tools"],
+)
+def test_every_coffea_shape_reads_the_same(spec):
+    fs = Fileset.from_mapping(spec)
+    [ds] = fs
+    assert ds.name == "ZJets"
+    assert [(f.path, f.treename) for f in ds.files] == [("/data/a.root", "Events"),
+                                                       ("/data/b.root", "Events")]
+
+
+def test_metadata_and_per_file_trees_are_kept():
+    fs = Fileset.from_mapping({
+        "data": {"files": {"/x/a.root": "Events", "/x/b.root": "Friends"},
+                 "metadata": {"is_mc": False, "year": 2018}},
+    })
+    ds = fs.datasets["data"]
+    assert ds.metadata == {"is_mc": False, "year": 2018}
+    assert [f.treename for f in ds.files] == ["Events", "Friends"]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_prepared_fileset_round_trips_through_files(tmp_path: Path, suffix: str):
+    original = Fileset.from_mapping({
+        "ds": {"files": {"/x/a.root": {"object_path": "Events", "num_entries": 10,
+                                       "uuid": "u-1", "steps": [[0, 5], [5, 10]]}},
+               "metadata": {"xsec": 1.5}},
+    })
+    path = original.save(tmp_path / f"prepared{suffix}")
+    again = Fileset.load(path)
+    assert again == original
+    assert again.is_prepared and again.n_entries == 10
+
+
+def test_relative_paths_resolve_against_the_fileset_file(tmp_path: Path):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "fs.json"
+    path.write_text(json.dumps({"ds": ["data/a.root", "root://eos//b.root", "/abs/c.root"]}))
+    files = [f.path for f in Fileset.load(path).datasets["ds"].files]
+    assert files == [str(tmp_path / "sub" / "data" / "a.root"), "root://eos//b.root",
+                     "/abs/c.root"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ([], "non-empty mapping"),
+        ({"ds": 3}, "dataset 'ds': expected a list of files"),
+        ({"ds": {"metadata": {}}}, "dataset 'ds': missing key 'files'"),
+        ({"ds": {"files": [], "metadata": {}}}, "dataset 'ds': has no files"),
+        ({"ds": {"file": ["a.root"]}}, "dataset 'ds': unknown key(s) ['file']"),
+        ({"ds": {"files": "a.root"}}, "'files' must be a list of paths"),
+        ({"ds": {"files": ["a.root"], "metadata": [1]}}, "'metadata' must be a mapping"),
+        ({"ds": [""]}, "file paths must be non-empty strings"),
+        ({"ds": {"files": {"/a.root": {"steps": [[5, 2]]}}}}, "file '/a.root': step [5, 2] is not a valid"),
+        ({"ds": {"files": {"/a.root": {"num_entries": 4, "steps": [[0, 9]]}}}},
+         "ends past the file's 4 entries"),
+        ({"ds": {"files": {"/a.root": {"num_entries": -1}}}}, "greater than or equal to 0"),
+        ({"ds": {"files": {"/a.root": {"tree": "Events"}}}}, "unknown key(s) ['tree']"),
+    ],
+)
+def test_malformed_filesets_fail_with_one_line_naming_the_place(spec, message):
+    with pytest.raises(FilesetError) as info:
+        Fileset.from_mapping(spec, source="fs.json")
+    text = str(info.value)
+    assert message in text
+    assert text.startswith("fs.json")
+    assert "\n" not in text
+
+
+def test_unreadable_files_name_the_file(tmp_path: Path):
+    with pytest.raises(FilesetError, match="does not exist"):
+        Fileset.load(tmp_path / "missing.json")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ds: [a.root\n")
+    with pytest.raises(FilesetError, match=r"bad.yaml: not valid YAML"):
+        Fileset.load(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(FilesetError, match="empty file"):
+        Fileset.load(empty)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"ds": ["a.root",]}')
+    with pytest.raises(FilesetError, match=r"broken.json: not valid JSON \(line 1\)"):
+        Fileset.load(broken)
+
+
+def test_limit_keeps_the_first_files_of_each_dataset():
+    fs = Fileset.from_mapping({"a": ["/1", "/2", "/3"], "b": ["/4"]})
+    limited = fs.limit(files_per_dataset=2)
+    assert [f.path for _, f in limited.files] == ["/1", "/2", "/4"]
+    assert yaml.safe_load(yaml.safe_dump(limited.to_mapping()))["b"]["files"] == {
+        "/4": {"object_path": "Events"}}

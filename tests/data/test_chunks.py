@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from coffea import processor
 
@@ -29,7 +31,7 @@ def test_chunks_match_coffea_runner(fileset, chunksize):
 def test_even_steps_tile_the_file(n, size):
     steps = even_steps(n, size)
     assert steps[0][0] == 0 and steps[-1][1] == n
-    assert all(a[1] == b[0] for a, b in zip(steps, steps[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(steps))
     full = {b - a for a, b in steps[:-1]}
     assert len(full) <= 1 and steps[-1][1] - steps[-1][0] <= max(full | {n})
     assert len(steps) <= max(round(n / size), 1)

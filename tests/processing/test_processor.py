@@ -75,7 +75,7 @@ def test_bad_processor_specs_say_what_is_wrong(spec, message):
 
 def test_import_errors_and_non_processors(tmp_path):
     broken = _write(tmp_path / "broken.py", "import numpy\nundefined_name\n")
-    with pytest.raises(ProcessorLoadError, match="importing .*broken.py' failed: NameError"):
+    with pytest.raises(ProcessorLoadError, match=r"importing .*broken\.py' failed: NameError"):
         load_processor(f"{broken}:X")
     notproc = _write(tmp_path / "notproc.py", "VALUE = 3\n")
     with pytest.raises(ProcessorLoadError, match="is a int, not a processor"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 import hist
 import pytest
@@ -61,7 +62,7 @@ def test_incompatible_values_raise_merge_error():
 
 def test_remote_errors_match_by_type_across_processes():
     try:
-        open("/definitely/not/here")
+        Path("/definitely/not/here").read_text()
     except OSError as exc:
         err = RemoteError.from_exception(exc)
     assert err.matches((OSError,)) and err.matches((FileNotFoundError,))

@@ -66,7 +66,7 @@ class _Checkpointer:
         self.write(partial)
 
     def write(self, partial: Result) -> None:
-        if self.path is None:
+        if self.path is None or (partial.is_empty and self.base.is_empty):
             return
         files.save(self.base + partial, self.path)
         self._last = time.monotonic()

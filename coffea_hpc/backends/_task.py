@@ -13,7 +13,7 @@ import copy
 import logging
 import queue
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable
 from concurrent.futures import CancelledError
 from typing import Any, Protocol
 
@@ -121,6 +121,7 @@ class FutureTask:
         )
 
     def cancel(self) -> None:
+        self._keep_finished()
         self._forget_inflight()
         if self._status in (TaskStatus.PENDING, TaskStatus.RUNNING):
             self._status = TaskStatus.CANCELLED
@@ -209,6 +210,7 @@ class FutureTask:
         label = self._labels.get(key, str(key))
         tries = f" (after {attempts} attempts)" if attempts > 1 else ""
         self._status = TaskStatus.FAILED
+        self._keep_finished()
         self._forget_inflight()
         self._failed[key] = Failure(key, error, attempts, label)
         stop = ChunkFailedError(
@@ -218,6 +220,23 @@ class FutureTask:
         )
         stop.failure = self._failed[key]  # type: ignore[attr-defined]
         self._stop = stop
+
+    def _keep_finished(self) -> None:
+        """Fold in elements that finished cleanly while the failure was coming in: work
+        already done is kept, not redone after a resume."""
+        for token, (element, future) in list(self._inflight.items()):
+            done = getattr(future, "done", None)
+            if done is None or not done():
+                continue
+            try:
+                result: Result = future.result()
+            except BaseException:
+                continue
+            if result.failures:
+                continue
+            del self._inflight[token]
+            self._acc.absorb(result)
+            self._done.update(element.keys)
 
     def _forget_inflight(self) -> None:
         """Cancel what has not started; results of what has are ignored when they come."""
@@ -246,8 +265,3 @@ class _FailedFuture:
 
 def _failed_future(exc: BaseException) -> _FailedFuture:
     return _FailedFuture(exc)
-
-
-def keys_in_order(keys: Iterable[Hashable], wanted: Iterable[Hashable]) -> list[Hashable]:
-    want = set(wanted)
-    return [k for k in keys if k in want]

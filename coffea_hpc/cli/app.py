@@ -37,8 +37,10 @@ def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = RichHandler(console=console, show_path=False, show_time=verbose > 1)
     handler.setLevel(level)  # Parsl logs DEBUG to its own file and lets records propagate
+    handler.set_name("coffea-hpc-cli")
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != "coffea-hpc-cli"]
+    root.addHandler(handler)
     root.setLevel(min(level, logging.INFO))
     logging.getLogger("coffea_hpc").setLevel(level)
     logging.captureWarnings(True)
@@ -99,6 +101,9 @@ def run(
         help="Chunks each task processes and folds before sending one result.")] = 1,
     resume: Annotated[bool, typer.Option(
         help="Continue an interrupted run from the checkpoint in the output directory.")] = False,
+    checkpoint_every: Annotated[float, typer.Option(
+        "--checkpoint-every", min=0.0,
+        help="Seconds between checkpoints of the running result.")] = 60.0,
     site: Annotated[str | None, typer.Option(
         help="Run on a site preset or file (see 'coffea-hpc sites list').")] = None,
     site_file: Annotated[Path | None, typer.Option(
@@ -148,6 +153,7 @@ def run(
         policy=_policy(retries, skip_bad_files),
         chunks_per_task=chunks_per_task,
         resume=resume,
+        checkpoint_interval=checkpoint_every,
         reporter=RichReporter(console),
     )
     console.print(summary_table(outcome.report))
@@ -255,7 +261,7 @@ _register_subcommands()
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and turn coffea-hpc errors into one-line messages."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except UserError as err:
         console.print(f"[bold red]error:[/bold red] {err}", highlight=False, soft_wrap=True)
         return 2
@@ -282,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
             err.show()
             return err.exit_code
         raise
-    return 0
+    if code == 130:  # click turns Ctrl-C into this exit code
+        console.print("interrupted: what was done is saved; rerun with --resume to continue")
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

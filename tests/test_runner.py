@@ -1,0 +1,176 @@
+"""Whole runs: the output coffea's Runner would give, a report, and nothing lost on failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from coffea import processor
+from coffea.nanoevents import NanoAODSchema
+from coffea.util import load
+
+from coffea_hpc.backends import ErrorPolicy
+from coffea_hpc.errors import ChunkFailedError
+from coffea_hpc.examples.dimuon import DimuonProcessor
+from coffea_hpc.runner import run
+from tests.helpers import assert_same
+
+
+class RecordingProcessor(DimuonProcessor):
+    """Leaves a marker per processed chunk, and fails on chosen chunks while a flag file
+    exists — the analyst's bug, fixed between two runs by deleting the flag."""
+
+    def __init__(self, marker_dir: Path, fail_start: int | None = None):
+        self.marker_dir = str(marker_dir)
+        self.fail_start = fail_start
+
+    def process(self, events):
+        meta = events.metadata
+        flag = Path(self.marker_dir) / "bug"
+        if meta["entrystart"] == self.fail_start and flag.exists():
+            raise KeyError("Muon_ptt")
+        name = f"{meta['dataset']}-{Path(meta['filename']).stem}-{meta['entrystart']}"
+        with open(Path(self.marker_dir) / name, "a") as log:
+            log.write("processed\n")
+        return super().process(events)
+
+
+@pytest.fixture(scope="module")
+def runner_output(fileset):
+    """What coffea's own Runner returns for the same processor and chunking."""
+    runner = processor.Runner(executor=processor.IterativeExecutor(), schema=NanoAODSchema,
+                              chunksize=1_000)
+    spec = {ds.name: {"files": {f.path: "Events" for f in ds.files}, "metadata": ds.metadata}
+            for ds in fileset}
+    return runner(spec, processor_instance=DimuonProcessor())
+
+
+def test_output_is_what_coffea_runner_returns(fileset, runner_output, tmp_path):
+    outcome = run(DimuonProcessor(), fileset, backend="futures", workers=2, chunksize=1_000,
+                  output_dir=tmp_path)
+    assert_same(outcome.output, runner_output)
+    assert_same(load(tmp_path / "output.coffea"), runner_output)
+    assert oct((tmp_path).stat().st_mode & 0o777) == "0o700"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "complete"
+    assert report["events"] == fileset.n_entries or report["events"] == 12_000
+    assert report["failed_chunks"] == [] and report["skipped_files"] == []
+    assert {"Muon_pt", "MET_pt"} <= set(report["metrics"]["columns"])
+    covered = {(r["filename"], tuple(map(tuple, r["ranges"]))) for r in report["processed_ranges"]}
+    assert all(ranges == ((0, 3_000),) for _, ranges in covered)
+    assert not (tmp_path / "checkpoint.coffea").exists()
+
+
+def test_a_failed_run_keeps_its_work_and_resumes(fileset, runner_output, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    (markers / "bug").touch()
+    out = tmp_path / "out"
+    with pytest.raises(ChunkFailedError, match="KeyError: 'Muon_ptt'") as info:
+        run(RecordingProcessor(markers, fail_start=2_000), fileset, backend="iterative",
+            chunksize=1_000, output_dir=out, policy=ErrorPolicy(max_retries=0))
+    assert (out / "checkpoint.coffea").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "failed" and "Muon_ptt" in report["error"]
+    saved = load(out / "checkpoint.coffea")
+    assert saved.processed.n_entries == info.value.partial.processed.n_entries > 0
+    saved_chunks = {
+        f"{ds}-{Path(fn).stem}-{start}"
+        for (ds, fn, _), spans in saved.processed
+        for a, b in spans
+        for start in range(a, b, 1_000)
+    }
+    assert 0 < len(saved_chunks) < 12
+
+    (markers / "bug").unlink()  # the analyst fixes the bug
+    outcome = run(RecordingProcessor(markers, fail_start=2_000), fileset, backend="iterative",
+                  chunksize=1_000, output_dir=out, resume=True)
+    assert_same(outcome.output, runner_output)
+    assert outcome.result.processed.n_entries == 12_000
+    # what the checkpoint held was not processed again
+    logs = {p.name: p.read_text() for p in markers.iterdir()}
+    assert len(logs) == 12
+    assert all(logs[name] == "processed\n" for name in saved_chunks)
+    assert not (out / "checkpoint.coffea").exists()
+
+
+def test_resume_with_other_chunking_is_refused(fileset, tmp_path):
+    markers = tmp_path / "m"
+    markers.mkdir()
+    (markers / "bug").touch()
+    with pytest.raises(ChunkFailedError):
+        run(RecordingProcessor(markers, fail_start=1_000), fileset, backend="iterative",
+            chunksize=1_000, output_dir=tmp_path, policy=ErrorPolicy(max_retries=0))
+    from coffea_hpc.errors import UserError
+
+    with pytest.raises(UserError, match="chunking changed"):
+        run(DimuonProcessor(), fileset, backend="iterative", chunksize=700, output_dir=tmp_path,
+            resume=True)
+
+
+def test_skipped_chunks_are_reported_not_lost(fileset, tmp_path):
+    markers = tmp_path / "m"
+    markers.mkdir()
+    (markers / "bug").touch()
+    outcome = run(RecordingProcessor(markers, fail_start=0), fileset, backend="iterative",
+                  chunksize=1_000, output_dir=tmp_path / "o",
+                  policy=ErrorPolicy(max_retries=0, continue_on=(KeyError,)))
+    assert outcome.report["status"] == "incomplete"
+    assert len(outcome.report["failed_chunks"]) == 4
+    assert outcome.result.processed.n_entries == 12_000 - 4 * 1_000
+    assert "KeyError" in outcome.report["failed_chunks"][0]["error"]
+    assert "Traceback" in outcome.report["failed_chunks"][0]["traceback"]
+
+
+SLOW_PROCESSOR = """
+import time
+from coffea_hpc.examples.dimuon import DimuonProcessor
+
+class Slow(DimuonProcessor):
+    def process(self, events):
+        time.sleep(0.25)
+        return super().process(events)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+def test_a_killed_driver_resumes_from_its_checkpoint(fileset_path, runner_output, tmp_path, sig):
+    script = tmp_path / "slow.py"
+    script.write_text(textwrap.dedent(SLOW_PROCESSOR))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "coffea_hpc.cli.app", "run", f"{script}:Slow",
+           "--fileset", str(fileset_path), "-o", str(out), "--executor", "iterative",
+           "--chunksize", "1000", "--checkpoint-every", "0.2"]
+    # a shell without job control starts children with SIGINT ignored; undo that, as a
+    # terminal would, so Ctrl-C reaches the driver
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    checkpoint = out / "checkpoint.coffea"
+    deadline = time.monotonic() + 60
+    while not checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert checkpoint.exists(), proc.communicate()[0].decode()[-2000:]
+    time.sleep(0.3)
+    os.kill(proc.pid, sig)
+    log = proc.communicate(timeout=60)[0].decode()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, log
+        assert "rerun with --resume" in log
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    saved = load(checkpoint)
+    assert 0 < saved.processed.n_entries < 12_000
+
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same(load(out / "output.coffea"), runner_output)
+    report = json.loads((out / "report.json").read_text())
+    assert report["events"] == 12_000
+    assert report["metrics"]["chunks"] == 12

@@ -27,6 +27,7 @@ from coffea_hpc.errors import ChunkFailedError, UserError
 from coffea_hpc.processing.preprocess import Preprocessed, preprocess
 from coffea_hpc.processing.processor import ProcessorHandle, load_processor, postprocess
 from coffea_hpc.processing.result import Result
+from coffea_hpc.processing.worker import resolve_schema
 from coffea_hpc.processing.workload import Workload
 from coffea_hpc.progress import Reporter
 
@@ -107,6 +108,7 @@ def run(
     command-line help of ``coffea-hpc run`` for the meaning of the other options.
     """
     started = time.time()
+    resolve_schema(schema)  # user mistakes first, before any compute starts
     proc = load_processor(processor) if isinstance(processor, str) else processor
     handle = ProcessorHandle.wrap(proc)
     fs = load_fileset(fileset).limit(files_per_dataset=limit_files)

@@ -281,13 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         console.print("aborted")
         return 1
-    except Exception as err:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            return err.exit_code
-        raise
+    except typer.TyperException as err:  # usage errors, in non-standalone mode
+        show = getattr(err, "show", None)
+        if show is None:
+            raise
+        show()
+        return int(getattr(err, "exit_code", 2))
     if code == 130:  # click turns Ctrl-C into this exit code
         console.print("interrupted: what was done is saved; rerun with --resume to continue")
     return code if isinstance(code, int) else 0

@@ -1,0 +1,106 @@
+"""The command line: runs end to end, and user mistakes give one line, no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from coffea.util import load
+
+from coffea_hpc.cli.app import main
+from tests.helpers import assert_same
+
+
+def _run(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_run_writes_output_and_summary(capsys, fileset_path, tmp_path):
+    code, text = _run(capsys, "run", "coffea_hpc.examples.dimuon:DimuonProcessor",
+                      "--fileset", str(fileset_path), "-o", str(tmp_path / "a"),
+                      "--executor", "iterative", "--chunksize", "1500")
+    assert code == 0, text
+    assert "coffea-hpc run: complete" in text and "12,000 events" in text
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["status"] == "complete" and report["events"] == 12_000
+
+    # a prepared fileset from `preprocess` gives the same output
+    code, text = _run(capsys, "preprocess", str(fileset_path), "-o", str(tmp_path / "p.json"),
+                      "--chunksize", "1500", "--executor", "iterative")
+    assert code == 0, text
+    assert "4 files, 12,000 entries, 8 chunks" in text
+    code, text = _run(capsys, "run", "coffea_hpc.examples.dimuon:DimuonProcessor",
+                      "--fileset", str(tmp_path / "p.json"), "-o", str(tmp_path / "b"),
+                      "--executor", "iterative")
+    assert code == 0, text
+    assert_same(load(tmp_path / "b" / "output.coffea"), load(tmp_path / "a" / "output.coffea"))
+
+
+def test_skip_bad_files_reports_them(capsys, fileset, tmp_path):
+    spec = {"DY": [fileset.datasets["DYJetsToLL"].files[0].path, str(tmp_path / "gone.root")]}
+    path = tmp_path / "fs.json"
+    path.write_text(json.dumps(spec))
+    code, text = _run(capsys, "run", "coffea_hpc.examples.dimuon:count_muons", "-f", str(path),
+                      "-o", str(tmp_path / "o"), "-e", "iterative", "--skip-bad-files")
+    assert code == 0, text
+    assert "skipped" in text and "gone.root" in text and "no such file" in text
+    assert load(tmp_path / "o" / "output.coffea")["events"] == 3_000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "coffea_hpc.examples.dimuon:DimuonProcessor", "-f", "{missing}"],
+         "does not exist"),
+        (["run", "nowhere/ana.py:Proc", "-f", "{fileset}"],
+         "processor file 'nowhere/ana.py' does not exist"),
+        (["run", "coffea_hpc.examples.dimuon:Nope", "-f", "{fileset}"], "has no attribute 'Nope'"),
+        (["run", "coffea_hpc.examples.dimuon:DimuonProcessor", "-f", "{fileset}", "-e", "spark"],
+         "unknown executor 'spark'"),
+        (["run", "coffea_hpc.examples.dimuon:DimuonProcessor", "-f", "{fileset}",
+          "--schema", "nosuch"], "unknown schema 'nosuch'"),
+        (["run", "coffea_hpc.examples.dimuon:DimuonProcessor", "-f", "{malformed}"],
+         "dataset 'ds': missing key 'files'"),
+        (["preprocess", "{missing}", "-o", "{out}/p.json"], "does not exist"),
+    ],
+    ids=["no-fileset", "no-processor-file", "no-attribute", "executor", "schema", "malformed",
+         "preprocess-missing"],
+)
+def test_user_mistakes_are_one_line(capsys, fileset_path, tmp_path, args, message):
+    malformed = tmp_path / "bad.yaml"
+    malformed.write_text("ds:\n  metadata: {}\n")
+    values = {"missing": str(tmp_path / "nope.json"), "fileset": str(fileset_path),
+              "malformed": str(malformed), "out": str(tmp_path)}
+    argv = [a.format(**values) for a in args]
+    if argv[0] == "run":
+        argv += ["-o", str(tmp_path / "out")]
+    code, text = _run(capsys, *argv)
+    assert code == 2
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    assert lines[0].startswith("error:") and message in " ".join(text.split()), text
+    assert "Traceback" not in text
+
+
+def test_usage_errors_come_from_the_parser(capsys):
+    code, text = _run(capsys, "run")
+    assert code == 2 and "Missing argument" in text
+
+
+def test_console_script_and_demo(tmp_path):
+    """The installed entry point runs the demo end to end on generated data."""
+    exe = Path(sys.executable).with_name("coffea-hpc")
+    proc = subprocess.run([str(exe), "demo", "-o", str(tmp_path), "--events", "4000",
+                           "--chunksize", "2000", "--executor", "futures", "--workers", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dimuon analysis" in proc.stdout
+    dy = next(line for line in proc.stdout.splitlines() if line.startswith("│ DYJets"))
+    peak = float(dy.split("│")[-2])
+    assert 85 < peak < 97
+    assert (tmp_path / "output" / "output.coffea").exists()

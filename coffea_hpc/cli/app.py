@@ -116,6 +116,8 @@ def run(
     scaleout: Annotated[int | None, typer.Option(min=1, help="Maximum blocks.")] = None,
     endpoint: Annotated[str | None, typer.Option(
         help="Globus Compute endpoint id (globus sites).")] = None,
+    dask_address: Annotated[str | None, typer.Option(
+        "--dask-address", help="Scheduler of an existing Dask cluster (with -e dask).")] = None,
     inside_allocation: Annotated[bool, typer.Option(
         "--inside-allocation",
         help="Run inside a Slurm/PBS job: workers on the job's nodes.")] = False,
@@ -127,6 +129,12 @@ def run(
     from coffea_hpc.runner import run as run_analysis
 
     backend: Any = _check_executor(executor)
+    if dask_address is not None:
+        from coffea_hpc.backends import make_backend
+
+        if executor != "dask":
+            raise UserError("--dask-address needs --executor dask")
+        backend = make_backend("dask", address=dask_address)
     if site is not None or inside_allocation:
         from coffea_hpc.sites import site_backend
 

@@ -104,3 +104,14 @@ def test_console_script_and_demo(tmp_path):
     peak = float(dy.split("│")[-2])
     assert 85 < peak < 97
     assert (tmp_path / "output" / "output.coffea").exists()
+
+
+def test_run_on_an_existing_dask_cluster(capsys, fileset_path, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        code, text = _run(capsys, "run", "coffea_hpc.examples.dimuon:count_muons",
+                          "-f", str(fileset_path), "-o", str(tmp_path), "-e", "dask",
+                          "--dask-address", cluster.scheduler_address)
+    assert code == 0, text
+    assert load(tmp_path / "output.coffea")["events"] == 12_000

@@ -1,0 +1,49 @@
+"""The worker function: schemas by name or path, per-chunk failures kept as data."""
+
+from __future__ import annotations
+
+import awkward as ak
+import pytest
+
+from coffea_hpc.data.chunks import Chunk
+from coffea_hpc.errors import UserError
+from coffea_hpc.processing.processor import ProcessorHandle
+from coffea_hpc.processing.worker import process_chunks, resolve_schema
+
+
+def _fields(events):
+    return {"fields": set(events.fields), "n": len(events)}
+
+
+@pytest.mark.parametrize("schema", ["base", "coffea.nanoevents.schemas.BaseSchema",
+                                    "coffea.nanoevents.schemas:NanoAODSchema", "nanoaod"])
+def test_schemas_by_short_name_or_dotted_path(fileset, schema):
+    path = fileset.datasets["TTTo2L2Nu"].files[0].path
+    chunk = Chunk("TTTo2L2Nu", path, "Events", 0, 500)
+    result = process_chunks(ProcessorHandle.wrap(_fields), [chunk], schema)
+    assert not result.failures
+    assert result.value["n"] == 500
+    flat = "Muon_pt" in result.value["fields"]
+    assert flat == (resolve_schema(schema).__name__ == "BaseSchema")
+
+
+@pytest.mark.parametrize("name", ["nosuch", "coffea.nanoevents.NoSchema", "json.JSONDecoder"])
+def test_unknown_schemas_are_user_errors(name):
+    with pytest.raises(UserError, match="schema"):
+        resolve_schema(name)
+
+
+def test_one_bad_chunk_does_not_lose_its_batch(fileset):
+    path = fileset.datasets["DYJetsToLL"].files[0].path
+
+    def picky(events):
+        if events.metadata["entrystart"] == 1000:
+            raise ZeroDivisionError("bad chunk")
+        return {"muons": int(ak.sum(ak.num(events.Muon)))}
+
+    chunks = [Chunk("DYJetsToLL", path, "Events", a, a + 1000) for a in (0, 1000, 2000)]
+    result = process_chunks(ProcessorHandle.wrap(picky), chunks, "nanoaod")
+    assert [f.key for f in result.failures] == [chunks[1].key]
+    assert result.failures[0].error.type_name == "ZeroDivisionError"
+    assert result.processed.n_entries == 2000
+    assert result.metrics["chunks"] == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from coffea_hpc.processing.result import Result
 from coffea_hpc.processing.worker import resolve_schema
 from coffea_hpc.processing.workload import Workload
 from coffea_hpc.progress import Reporter
+from coffea_hpc.reduction import Reduction, SpilledRef, SpillSet
 
 __all__ = ["RunOutcome", "load_fileset", "run"]
 
@@ -61,10 +63,16 @@ class _Checkpointer:
     _last: float = field(default_factory=time.monotonic)
 
     def tick(self, task: Task) -> None:
-        if self.path is None or time.monotonic() - self._last < self.interval:
+        if time.monotonic() - self._last < self.interval:
             return
-        partial, _ = task.partial_result()
-        self.write(partial)
+        garbage = getattr(task, "take_garbage", list)()
+        if self.path is not None:
+            partial, _ = task.partial_result()
+            self.write(partial)
+        else:
+            self._last = time.monotonic()
+        # merged-away partials go only once a checkpoint no longer refers to them
+        _delete_spilled(garbage)
 
     def write(self, partial: Result) -> None:
         if self.path is None or (partial.is_empty and self.base.is_empty):
@@ -96,6 +104,7 @@ def run(
     align_clusters: bool = False,
     policy: ErrorPolicy | None = None,
     chunks_per_task: int = 1,
+    reduction: Reduction | None = None,
     resume: bool = False,
     checkpoint_interval: float = 60.0,
     reporter: Reporter | None = None,
@@ -113,6 +122,8 @@ def run(
     handle = ProcessorHandle.wrap(proc)
     fs = load_fileset(fileset).limit(files_per_dataset=limit_files)
     out_dir = files.private_dir(output_dir) if output_dir is not None else None
+    reduction = reduction or Reduction()
+    spill = reduction.spill_policy(out_dir)
     checkpoint_path = out_dir / files.CHECKPOINT_NAME if out_dir else None
     checkpoint = _Checkpointer(checkpoint_path, checkpoint_interval)
     if resume:
@@ -129,33 +140,53 @@ def run(
         if out_dir is not None:
             prep.fileset.save(out_dir / files.PREPARED_NAME)
         chunks = _todo(chunks_of(prep.fileset, limit_chunks=limit_chunks), checkpoint.base)
-        work = Workload(handle, chunks, schema=schema, chunks_per_task=chunks_per_task)
-        task = backend.compute(work, policy)
+        work = Workload(handle, chunks, schema=schema, chunks_per_task=chunks_per_task,
+                        spill=spill)
+        task = backend.compute(work, policy, reducer=reduction.reducer(spill))
         try:
             result = _watch(task, reporter, checkpoint.tick)
         except ChunkFailedError as err:
             if isinstance(err.partial, Result):
                 checkpoint.write(err.partial)
+            _delete_spilled(getattr(task, "take_garbage", list)())
             _write_report(out_dir, _report("failed", started, backend, prep, work,
                                            checkpoint.base + _partial(err), error=str(err)))
             raise
         except BaseException:
             partial, _ = task.partial_result()
             checkpoint.write(partial)
+            _delete_spilled(getattr(task, "take_garbage", list)())
             _write_report(out_dir, _report("interrupted", started, backend, prep, work,
                                            checkpoint.base + partial))
             raise
 
     total = checkpoint.base + result
+    spilled = total.value
+    total.value, merge_stats = reduction.finish(spilled, spill)
     final = postprocess(proc, total.value)
     report = _report("complete" if not total.failures else "incomplete", started, backend, prep,
                      work, total)
+    report["reduction"] = {"mode": reduction.mode, "merge_tasks": total.metrics.get("merges", 0),
+                           "final_merge": merge_stats.as_dict()}
     if out_dir is not None:
         files.save(final, out_dir / files.OUTPUT_NAME)
         _write_report(out_dir, report)
         if checkpoint_path is not None:
             checkpoint_path.unlink(missing_ok=True)
+    # everything in this run's spill folder is merged now (or orphaned by a merge that was
+    # still running when an earlier attempt stopped)
+    shutil.rmtree(spill.directory, ignore_errors=True)
     return RunOutcome(final, total, report, out_dir, prep.fileset)
+
+
+def _delete_spilled(values: list[Any]) -> None:
+    for value in values:
+        if isinstance(value, SpilledRef):
+            value = SpillSet((value,))
+        if isinstance(value, SpillSet):
+            for ref in value.refs:
+                Path(ref.path).unlink(missing_ok=True)
+
 
 
 def _watch(task: Task, reporter: Reporter | None, tick: Callable[[Task], None]) -> Result:

@@ -7,7 +7,7 @@ import logging
 from types import TracebackType
 from typing import ClassVar
 
-from coffea_hpc.backends._task import FutureLike, FutureTask
+from coffea_hpc.backends._task import FutureLike, FutureTask, Reducer
 from coffea_hpc.backends.protocol import Computable, ErrorPolicy, WorkElement
 from coffea_hpc.errors import BackendError
 
@@ -51,10 +51,18 @@ class PoolBackend(abc.ABC):
             self._started = False
             self._close()
 
-    def compute(self, work: Computable, policy: ErrorPolicy | None = None) -> FutureTask:
+    def compute(
+        self, work: Computable, policy: ErrorPolicy | None = None, *,
+        reducer: Reducer | None = None,
+    ) -> FutureTask:
         if not self._started:
             raise BackendError(f"the {self.name} backend is not started: use it in a 'with' block")
-        return FutureTask(work, self.submit, policy)
+        return FutureTask(work, self.submit, policy, reducer=reducer,
+                          submit_merge=self.submit_merge)
+
+    def submit_merge(self, element: WorkElement) -> FutureLike:
+        """Where merge tasks run; the same workers as chunks unless a backend says otherwise."""
+        return self.submit(element)
 
     @property
     @abc.abstractmethod

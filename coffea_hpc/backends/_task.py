@@ -25,9 +25,9 @@ from coffea_hpc.backends.protocol import (
     WorkElement,
 )
 from coffea_hpc.errors import ChunkFailedError
-from coffea_hpc.processing.result import Failure, RemoteError, Result
+from coffea_hpc.processing.result import Failure, RemoteError, Result, merge_values
 
-__all__ = ["FutureLike", "FutureTask"]
+__all__ = ["FutureLike", "FutureTask", "Reducer"]
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +45,40 @@ class FutureLike(Protocol):
 Submit = Callable[[WorkElement], FutureLike]
 
 
+class Reducer(Protocol):
+    """Merges partial results while the task runs (see `coffea_hpc.reduction.tree`).
+
+    ``merges`` takes inputs out of the running sum and returns elements that merge them;
+    ``inputs`` gives back what an element took, for snapshots and when a merge fails.
+    """
+
+    def merges(self, acc: Result) -> list[WorkElement]: ...
+
+    def inputs(self, element: WorkElement) -> Any: ...
+
+
 class FutureTask:
     """Runs a `Computable` through a ``submit`` function, honouring an `ErrorPolicy`."""
 
     def __init__(
-        self, work: Computable, submit: Submit, policy: ErrorPolicy | None = None
+        self,
+        work: Computable,
+        submit: Submit,
+        policy: ErrorPolicy | None = None,
+        *,
+        reducer: Reducer | None = None,
+        submit_merge: Submit | None = None,
     ) -> None:
         self._work = work
         self._submit = submit
+        self._submit_merge = submit_merge or submit
         self._policy = policy or ErrorPolicy()
+        self._reducer = reducer
+        self._garbage: list[Any] = []
         self._acc = Result()
         self._queue: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._inflight: dict[int, tuple[WorkElement, FutureLike]] = {}
+        self._merging: set[int] = set()
         self._next_token = 0
         self._attempts: dict[Hashable, int] = {}
         self._done: set[Hashable] = set()
@@ -107,7 +129,15 @@ class FutureTask:
         self._drain(block=False)
         finished = not self._inflight
         snapshot = self._acc if finished else copy.deepcopy(self._acc)
+        for token in self._merging:  # inputs of merges under way are still part of the sum
+            snapshot.value = merge_values(
+                snapshot.value, self._reducer.inputs(self._inflight[token][0]))  # type: ignore[union-attr]
         return snapshot.without_failures(), self._remaining()
+
+    def take_garbage(self) -> list[Any]:
+        """Inputs of finished merges: safe to delete once no checkpoint refers to them."""
+        garbage, self._garbage = self._garbage, []
+        return garbage
 
     def progress(self) -> TaskProgress:
         self._drain(block=False)
@@ -141,11 +171,13 @@ class FutureTask:
             if label is not None:
                 self._labels.setdefault(key, label[i])
 
-    def _launch(self, element: WorkElement) -> None:
+    def _launch(self, element: WorkElement, *, merge: bool = False) -> None:
         token = self._next_token
         self._next_token += 1
+        if merge:
+            self._merging.add(token)
         try:
-            future = self._submit(element)
+            future = (self._submit_merge if merge else self._submit)(element)
         except Exception as exc:  # submission itself failed: treat like a failed element
             self._inflight[token] = (element, _failed_future(exc))
             self._queue.put(token)
@@ -164,7 +196,12 @@ class FutureTask:
             entry = self._inflight.pop(token, None)
             if entry is None:  # cancelled and forgotten
                 continue
-            self._settle(*entry)
+            if token in self._merging:
+                self._merging.discard(token)
+                self._settle_merge(*entry)
+            else:
+                self._settle(*entry)
+            self._schedule_merges()
             if self._status is not TaskStatus.RUNNING:
                 return
         if self._status is TaskStatus.RUNNING and not self._inflight:
@@ -206,6 +243,24 @@ class FutureTask:
             for element_again in self._work.subset(retry):
                 self._launch(element_again)
 
+    def _settle_merge(self, element: WorkElement, future: FutureLike) -> None:
+        assert self._reducer is not None
+        try:
+            result: Result = future.result()
+        except BaseException as exc:
+            log.warning("a merge task failed (%s); its inputs will be merged at the end",
+                        RemoteError.from_exception(exc).summary())
+            self._acc.value = merge_values(self._acc.value, self._reducer.inputs(element))
+            return
+        self._acc.absorb(result)
+        self._garbage.append(self._reducer.inputs(element))
+
+    def _schedule_merges(self) -> None:
+        if self._reducer is None or self._status is not TaskStatus.RUNNING:
+            return
+        for element in self._reducer.merges(self._acc):
+            self._launch(element, merge=True)
+
     def _halt(self, key: Hashable, error: RemoteError, attempts: int) -> None:
         label = self._labels.get(key, str(key))
         tries = f" (after {attempts} attempts)" if attempts > 1 else ""
@@ -225,6 +280,8 @@ class FutureTask:
         """Fold in elements that finished cleanly while the failure was coming in: work
         already done is kept, not redone after a resume."""
         for token, (element, future) in list(self._inflight.items()):
+            if token in self._merging:
+                continue
             done = getattr(future, "done", None)
             if done is None or not done():
                 continue
@@ -239,11 +296,18 @@ class FutureTask:
             self._done.update(element.keys)
 
     def _forget_inflight(self) -> None:
-        """Cancel what has not started; results of what has are ignored when they come."""
-        for _, future in self._inflight.values():
+        """Cancel what has not started; results of what has are ignored when they come.
+
+        Merges under way give their inputs back to the sum: they stay on storage until a
+        merge that the task saw finish has replaced them.
+        """
+        for token, (element, future) in self._inflight.items():
             with contextlib.suppress(NotImplementedError):  # Parsl's AppFuture cannot cancel
                 future.cancel()
+            if token in self._merging and self._reducer is not None:
+                self._acc.value = merge_values(self._acc.value, self._reducer.inputs(element))
         self._inflight.clear()
+        self._merging.clear()
 
     def _remaining(self) -> Computable:
         return self._work.subset(k for k in self._all_keys if k not in self._done)

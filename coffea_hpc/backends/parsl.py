@@ -89,20 +89,24 @@ class ParslBackend(PoolBackend):
         workers: int | None = None,
         run_dir: str | Path | None = None,
         executors: Sequence[str] | None = None,
+        merge_executors: Sequence[str] | None = None,
     ) -> None:
         """``config``: a ``parsl.config.Config`` (default: `local_htex_config`).
 
         ``workers`` is how many elements the config can run at once (for batch sizes and
         progress; default: the local worker count). ``executors`` restricts chunk tasks to
-        some executor labels (others, e.g. a ``merges`` executor, stay free).
+        some executor labels, ``merge_executors`` sends merge tasks to others (e.g. a
+        ``merges`` executor on large-memory nodes); by default merges share the workers.
         """
         super().__init__()
         self._workers = workers or os.cpu_count() or 1
         self._run_dir = Path(run_dir) if run_dir is not None else None
         self._config = config
         self._executors = list(executors) if executors else "all"
+        self._merge_executors = list(merge_executors) if merge_executors else self._executors
         self._dfk: Any = None
         self._app: Any = None
+        self._merge_app: Any = None
 
     @property
     def workers(self) -> int:
@@ -115,6 +119,9 @@ class ParslBackend(PoolBackend):
 
     def submit(self, element: WorkElement) -> Any:
         return self._app(element)
+
+    def submit_merge(self, element: WorkElement) -> Any:
+        return self._merge_app(element)
 
     def _start(self) -> None:
         from parsl import python_app
@@ -133,6 +140,8 @@ class ParslBackend(PoolBackend):
             raise BackendError(f"starting Parsl failed: {type(err).__name__}: {err}") from err
         self._app = python_app(run_element, data_flow_kernel=self._dfk,
                                executors=self._executors)
+        self._merge_app = python_app(run_element, data_flow_kernel=self._dfk,
+                                     executors=self._merge_executors)
         log.info("Parsl started (run dir %s)", self._dfk.run_dir)
 
     def _close(self) -> None:
@@ -141,4 +150,4 @@ class ParslBackend(PoolBackend):
                 self._dfk.cleanup()
             finally:
                 self._dfk = None
-                self._app = None
+                self._app = self._merge_app = None

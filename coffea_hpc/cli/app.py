@@ -99,6 +99,20 @@ def run(
     chunks_per_task: Annotated[int, typer.Option(
         "--chunks-per-task", min=1,
         help="Chunks each task processes and folds before sending one result.")] = 1,
+    reduce: Annotated[str, typer.Option(
+        help="Reduction: driver (add results as they come), tree (merge tasks on the "
+             "workers), mpi (an MPI tree-merge at the end).")] = "driver",
+    fan_in: Annotated[int, typer.Option("--fan-in", min=2,
+                                        help="Partials per merge task (tree).")] = 8,
+    spill_dir: Annotated[Path | None, typer.Option(
+        "--spill-dir", help="Where partials are spilled (default OUTPUT/spill).")] = None,
+    spill_threshold: Annotated[float, typer.Option(
+        "--spill-threshold", min=0.0,
+        help="Spill partials above this many MB (driver mode).")] = 256.0,
+    mpi_ranks: Annotated[int, typer.Option("--mpi-ranks", min=1,
+                                           help="Ranks of the MPI merge.")] = 2,
+    mpi_launcher: Annotated[str, typer.Option(
+        "--mpi-launcher", help="mpiexec, srun, or a full launcher command.")] = "mpiexec",
     resume: Annotated[bool, typer.Option(
         help="Continue an interrupted run from the checkpoint in the output directory.")] = False,
     checkpoint_every: Annotated[float, typer.Option(
@@ -126,6 +140,7 @@ def run(
     """Run PROCESSOR over a fileset and write OUTPUT/output.coffea and OUTPUT/report.json."""
     _setup_logging(verbose)
     from coffea_hpc.cli.progress import RichReporter, summary_table
+    from coffea_hpc.reduction import Reduction
     from coffea_hpc.runner import run as run_analysis
 
     backend: Any = _check_executor(executor)
@@ -160,6 +175,10 @@ def run(
         align_clusters=align_clusters,
         policy=_policy(retries, skip_bad_files),
         chunks_per_task=chunks_per_task,
+        reduction=Reduction(mode=reduce, fan_in=fan_in,  # type: ignore[arg-type]
+                            spill_dir=str(spill_dir) if spill_dir else None,
+                            spill_bytes=int(spill_threshold * 1024**2),
+                            mpi_ranks=mpi_ranks, mpi_launcher=mpi_launcher),
         resume=resume,
         checkpoint_interval=checkpoint_every,
         reporter=RichReporter(console),

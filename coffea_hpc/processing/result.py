@@ -19,7 +19,7 @@ from coffea.processor.accumulator import add, iadd
 from coffea_hpc.data.ranges import EntryRanges
 from coffea_hpc.errors import MergeError
 
-__all__ = ["Failure", "RemoteError", "Result", "merge_values"]
+__all__ = ["DeferredValue", "Failure", "RemoteError", "Result", "merge_values"]
 
 
 @dataclass(frozen=True)
@@ -74,12 +74,30 @@ class Failure:
         return f"{self.label or self.key}: {self.error.summary()}"
 
 
+class DeferredValue:
+    """A stand-in for an output that lives elsewhere (a partial spilled to storage).
+
+    Adding anything to it defers the merge: subclasses collect what is added and are
+    resolved later, where memory allows (`coffea_hpc.reduction`).
+    """
+
+    def __add__(self, other: Any) -> Any:
+        raise NotImplementedError
+
+    def __radd__(self, other: Any) -> Any:
+        return self.__add__(other)
+
+
 def merge_values(a: Any, b: Any, *, in_place: bool = False) -> Any:
     """coffea's accumulate semantics for two values; ``None`` is the identity."""
     if a is None:
         return b
     if b is None:
         return a
+    if isinstance(a, DeferredValue):
+        return a + b
+    if isinstance(b, DeferredValue):
+        return b + a
     try:
         return iadd(a, b) if in_place else add(a, b)
     except (ValueError, TypeError) as err:

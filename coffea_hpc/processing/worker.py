@@ -22,6 +22,8 @@ from coffea_hpc.errors import UserError
 from coffea_hpc.processing.events import EventsBuilder
 from coffea_hpc.processing.processor import ProcessorHandle, run_processor
 from coffea_hpc.processing.result import Failure, RemoteError, Result
+from coffea_hpc.reduction.spill import SpilledRef, SpillPolicy, SpillSet, serialized_size
+from coffea_hpc.reduction.spill import spill as spill_value
 
 __all__ = ["SCHEMAS", "process_chunks", "resolve_schema"]
 
@@ -81,13 +83,23 @@ def _fewer_gc_pauses() -> Iterator[None]:
 
 
 def process_chunks(
-    processor: ProcessorHandle, chunks: Sequence[Chunk], schema: str, *, metrics: bool = True
+    processor: ProcessorHandle,
+    chunks: Sequence[Chunk],
+    schema: str,
+    *,
+    metrics: bool = True,
+    spill: SpillPolicy | None = None,
 ) -> Result:
-    """Run the processor over ``chunks`` (in order) and fold their outputs."""
+    """Run the processor over ``chunks`` (in order) and fold their outputs.
+
+    With ``spill``, the running sum is written to storage whenever it reaches the policy's
+    threshold (and at the end if it is at least that big), and only references are returned.
+    """
     proc = processor.load()
     schemaclass = resolve_schema(schema)
     acc = Result()
     failures: list[Failure] = []
+    spilled: list[SpilledRef] = []
     with _fewer_gc_pauses():
         for chunk in chunks:
             try:
@@ -96,6 +108,17 @@ def process_chunks(
                 failures.append(
                     Failure(chunk.key, RemoteError.from_exception(exc), label=chunk.describe())
                 )
+                continue
+            if spill is not None and spill.threshold > 0 and acc.value is not None \
+                    and serialized_size(acc.value) >= spill.threshold:
+                spilled.append(spill_value(acc.value, spill.directory))
+                acc.value, acc._owned = None, False
+    if spill is not None and acc.value is not None \
+            and serialized_size(acc.value) >= spill.threshold:
+        spilled.append(spill_value(acc.value, spill.directory))
+        acc.value = None
+    if spilled:
+        acc.value = SpillSet(tuple(spilled), acc.value)
     acc.failures = tuple(failures)
     return acc
 

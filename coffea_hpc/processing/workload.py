@@ -14,6 +14,7 @@ from coffea_hpc.data.chunks import Chunk, ChunkKey
 from coffea_hpc.processing.processor import ProcessorHandle
 from coffea_hpc.processing.result import Result
 from coffea_hpc.processing.worker import process_chunks, resolve_schema
+from coffea_hpc.reduction.spill import SpillPolicy
 
 __all__ = ["ProcessChunks", "Workload"]
 
@@ -25,6 +26,7 @@ class ProcessChunks:
     processor: ProcessorHandle
     chunks: tuple[Chunk, ...]
     schema: str = "nanoaod"
+    spill: SpillPolicy | None = None
 
     @property
     def keys(self) -> tuple[ChunkKey, ...]:
@@ -39,7 +41,7 @@ class ProcessChunks:
         return sum(c.entries for c in self.chunks)
 
     def __call__(self) -> Result:
-        return process_chunks(self.processor, self.chunks, self.schema)
+        return process_chunks(self.processor, self.chunks, self.schema, spill=self.spill)
 
 
 class Workload:
@@ -52,6 +54,7 @@ class Workload:
         *,
         schema: str = "nanoaod",
         chunks_per_task: int = 1,
+        spill: SpillPolicy | None = None,
     ) -> None:
         if chunks_per_task < 1:
             raise ValueError(f"chunks_per_task must be >= 1, got {chunks_per_task}")
@@ -60,6 +63,7 @@ class Workload:
         self.chunks = tuple(chunks)
         self.schema = schema
         self.chunks_per_task = chunks_per_task
+        self.spill = spill
 
     def __iter__(self) -> Iterator[ProcessChunks]:
         batch: list[Chunk] = []
@@ -67,11 +71,11 @@ class Workload:
             if batch and (
                 len(batch) >= self.chunks_per_task or batch[-1].filename != chunk.filename
             ):
-                yield ProcessChunks(self.processor, tuple(batch), self.schema)
+                yield ProcessChunks(self.processor, tuple(batch), self.schema, self.spill)
                 batch = []
             batch.append(chunk)
         if batch:
-            yield ProcessChunks(self.processor, tuple(batch), self.schema)
+            yield ProcessChunks(self.processor, tuple(batch), self.schema, self.spill)
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -93,4 +97,5 @@ class Workload:
             [c for c in self.chunks if c.key in wanted],
             schema=self.schema,
             chunks_per_task=self.chunks_per_task,
+            spill=self.spill,
         )

@@ -1,0 +1,106 @@
+"""Reduction: how partial results come together.
+
+Three modes, one outcome (the same output, up to floating-point summation order):
+
+- ``driver``: results are added on the driver as they arrive; partials bigger than the
+  spill threshold are written to storage by the worker and merged at the end, streaming.
+- ``tree``: every partial is spilled; merge tasks on the workers combine them ``fan_in`` at a
+  time while the run goes on; the driver handles only references.
+- ``mpi``: every partial is spilled; at the end an MPI job merges them in a binomial tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from coffea_hpc.reduction.merge import MergeStats, merge_serial, merge_stream, resolve
+from coffea_hpc.reduction.spill import (
+    SpilledRef,
+    SpillPolicy,
+    SpillSet,
+    load_spilled,
+    spill,
+)
+from coffea_hpc.reduction.tree import TreeReducer
+
+__all__ = [
+    "MergeStats",
+    "Reduction",
+    "SpillPolicy",
+    "SpillSet",
+    "SpilledRef",
+    "load_spilled",
+    "merge_serial",
+    "merge_stream",
+    "spill",
+]
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["driver", "tree", "mpi"]
+MODES: tuple[str, ...] = ("driver", "tree", "mpi")
+
+DEFAULT_SPILL_BYTES = 256 * 1024**2
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reduction:
+    """How a run reduces; plain data, built from command-line flags or by hand."""
+
+    mode: Mode = "driver"
+    fan_in: int = 8
+    spill_dir: str | None = None
+    spill_bytes: int = DEFAULT_SPILL_BYTES
+    mpi_ranks: int = 2
+    mpi_launcher: str = "mpiexec"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            from coffea_hpc.errors import UserError
+
+            raise UserError(f"unknown reduction {self.mode!r}: choose one of {', '.join(MODES)}")
+
+    def spill_policy(self, output_dir: Path | None) -> SpillPolicy:
+        """Where this run spills: ``OUTPUT/spill`` by default; under ``--spill-dir``, a
+        folder named after the output directory, so a resumed run finds its partials and
+        runs sharing a spill area never mix."""
+        if self.spill_dir is not None:
+            tag = hashlib.sha1(str(output_dir.resolve() if output_dir else uuid.uuid4())
+                               .encode()).hexdigest()[:12]
+            directory = str(Path(self.spill_dir) / f"coffea-hpc-{tag}")
+        elif output_dir is not None:
+            directory = str(output_dir / "spill")
+        else:
+            directory = str(Path(tempfile.gettempdir()) / f"coffea-hpc-spill-{uuid.uuid4().hex}")
+        threshold = self.spill_bytes if self.mode == "driver" else 0
+        return SpillPolicy(directory, threshold)
+
+    def reducer(self, policy: SpillPolicy) -> TreeReducer | None:
+        return TreeReducer(policy.directory, self.fan_in) if self.mode == "tree" else None
+
+    def finish(self, value: Any, policy: SpillPolicy) -> tuple[Any, MergeStats]:
+        """Resolve what the run left (references and in-memory partials) into the output."""
+        stats = MergeStats()
+        if isinstance(value, SpilledRef):
+            value = SpillSet((value,))
+        if not isinstance(value, SpillSet):
+            return value, stats
+        if self.mode == "mpi" and len(value) > 1:
+            from coffea_hpc.reduction.mpi import run_mpi_merge
+
+            refs = list(value.refs)
+            if value.value is not None:
+                refs.append(spill(value.value, policy.directory))
+            merged = Path(policy.directory) / "mpi-merged.coffea"
+            stats = run_mpi_merge([r.path for r in refs], merged, ranks=self.mpi_ranks,
+                                  launcher=self.mpi_launcher)
+            total = load_spilled(merged)
+            merged.unlink(missing_ok=True)
+            return total, stats
+        return resolve(value, stats=stats), stats

@@ -1,0 +1,80 @@
+"""Serial, streaming, tree and MPI merges agree on the same partials."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from coffea_hpc import output
+from coffea_hpc.backends import make_backend
+from coffea_hpc.errors import MergeError
+from coffea_hpc.processing.result import Result
+from coffea_hpc.reduction import SpillSet, load_spilled, merge_serial, merge_stream, spill
+from coffea_hpc.reduction.merge import MergeSpilled, MergeStats, resolve
+from coffea_hpc.reduction.spill import serialized_size
+from tests.helpers import assert_same
+from tests.reduction.conftest import synthetic_partial
+
+
+@pytest.fixture(scope="module")
+def serial(partial_files):
+    return merge_serial(output.load(p) for p in partial_files)
+
+
+def test_streaming_merge_equals_serial_and_reports(partial_files, serial):
+    stats = MergeStats()
+    merged = merge_stream(partial_files, stats=stats)
+    assert_same(merged, serial)
+    assert stats.inputs == len(partial_files)
+    assert stats.bytes_read == sum(p.stat().st_size for p in partial_files)
+    assert stats.peak_rss_bytes > 0 and stats.wall_time_s > 0
+
+
+def test_merges_never_mutate_their_inputs(partial_files):
+    values = [output.load(p) for p in partial_files[:3]]
+    before = [v["dataset0"]["pt"].values().sum() if "dataset0" in v else 0 for v in values]
+    merge_serial(values)
+    after = [v["dataset0"]["pt"].values().sum() if "dataset0" in v else 0 for v in values]
+    assert before == after
+
+
+def test_spill_round_trip_is_private(tmp_path):
+    value = synthetic_partial(1)
+    ref = spill(value, tmp_path / "spill")
+    assert stat.S_IMODE(os.stat(ref.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "spill").st_mode) == 0o700
+    assert ref.nbytes == os.path.getsize(ref.path)
+    assert_same(load_spilled(ref), value)
+    assert serialized_size(value) > 400 * 12 * 5 * 16
+
+
+def test_references_add_up_with_values(tmp_path):
+    a, b = synthetic_partial(1), synthetic_partial(2)
+    ref = spill(a, tmp_path)
+    pool = Result(value=ref) + Result(value=b)
+    assert isinstance(pool.value, SpillSet) and len(pool.value) == 1
+    assert_same(resolve(pool.value), merge_serial([a, b]))
+
+
+def test_merge_tasks_on_a_real_parsl_executor(partial_files, serial, tmp_path):
+    spill_dir = tmp_path / "spill"
+    refs = [spill(output.load(p), spill_dir) for p in partial_files]
+    with make_backend("parsl", workers=2, run_dir=tmp_path / "parsl") as backend:
+        halves = [MergeSpilled(tuple(refs[:7]), str(spill_dir)),
+                  MergeSpilled(tuple(refs[7:]), str(spill_dir))]
+        merged_refs = [backend.submit(el).result().value for el in halves]
+    assert not any(os.path.exists(r.path) for r in refs)  # inputs replaced by outputs
+    assert_same(merge_stream(merged_refs), serial)
+
+
+def test_incompatible_partials_name_the_place(tmp_path):
+    import hist
+
+    a = {"ds": {"h": hist.Hist.new.Reg(4, 0, 1).Double()}}
+    b = {"ds": {"h": hist.Hist.new.Reg(5, 0, 1).Double()}}
+    with pytest.raises(MergeError):
+        merge_serial([a, b])
+    with pytest.raises(MergeError, match="is missing"):
+        merge_stream([tmp_path / "gone.coffea"])

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from coffea_hpc import output
 from coffea_hpc.errors import MergeError
@@ -105,6 +106,7 @@ def mpi_merge(inputs: Sequence[str | Path], output_path: str | Path | None = Non
         comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     started = time.perf_counter()
+    baseline = psutil.Process().memory_info().rss  # interpreter and libraries, before data
     paths = expand_inputs(inputs) if rank == 0 else None
     paths = comm.bcast(paths, root=0)
     stats = MergeStats(ranks=size)
@@ -121,13 +123,15 @@ def mpi_merge(inputs: Sequence[str | Path], output_path: str | Path | None = Non
         step *= 2
     stats.wall_time_s = time.perf_counter() - started
     stats.peak_rss_bytes = peak_rss()
-    every = comm.gather((stats.bytes_read, stats.peak_rss_bytes, stats.inputs), root=0)
+    every = comm.gather((stats.bytes_read, stats.peak_rss_bytes, stats.inputs, baseline),
+                        root=0)
     if rank != 0:
         return None, stats
-    stats.bytes_read = sum(b for b, _, _ in every)
-    stats.inputs = sum(n for _, _, n in every)
-    stats.extra["peak_rss_per_rank"] = [p for _, p, _ in every]
-    stats.peak_rss_bytes = max(p for _, p, _ in every)
+    stats.bytes_read = sum(row[0] for row in every)
+    stats.inputs = sum(row[2] for row in every)
+    stats.extra["peak_rss_per_rank"] = [row[1] for row in every]
+    stats.extra["baseline_rss_per_rank"] = [row[3] for row in every]
+    stats.peak_rss_bytes = max(row[1] for row in every)
     if output_path is not None:
         output.save(total, output_path)
     stats.wall_time_s = time.perf_counter() - started
@@ -173,7 +177,8 @@ def run_mpi_merge(
     return MergeStats(inputs=data["inputs"], wall_time_s=data["wall_time_s"],
                       bytes_read=data["bytes_read"], peak_rss_bytes=data["peak_rss_bytes"],
                       ranks=data["ranks"],
-                      extra={"peak_rss_per_rank": data.get("peak_rss_per_rank", [])})
+                      extra={k: data[k] for k in ("peak_rss_per_rank", "baseline_rss_per_rank")
+                             if k in data})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,214 @@
+"""``coffea-hpc submit``: one batch job that runs the whole analysis inside its allocation.
+
+The job script is rendered from a template in ``templates/`` (``string.Template``; every
+scheduler directive lives there), written next to the output, and handed to the scheduler's
+own submit command. A small record of the job (script, log, output) is kept under
+``~/.local/state/coffea-hpc/jobs`` so ``status``, ``logs`` and ``cancel`` need only its id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from string import Template
+
+from coffea_hpc import output as files
+from coffea_hpc._resources import resource_dir
+from coffea_hpc.errors import SiteError
+from coffea_hpc.sites.schema import SiteConfig
+
+__all__ = [
+    "SCHEDULERS",
+    "JobRecord",
+    "cancel",
+    "job_record",
+    "render_job",
+    "status",
+    "submit_job",
+]
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """The commands of one batch system."""
+
+    name: str
+    template: str
+    submit: tuple[str, ...]
+    status: tuple[str, ...]
+    cancel: tuple[str, ...]
+    job_id: str  # a regular expression with one group
+
+    def require(self) -> None:
+        for cmd in {self.submit[0], self.status[0], self.cancel[0]}:
+            if shutil.which(cmd) is None:
+                raise SiteError(f"{cmd!r} not found: submitting to {self.name} needs its "
+                                "client commands on PATH (run this on a login node)")
+
+
+SCHEDULERS = {
+    "slurm": Scheduler("slurm", "slurm/driver.sbatch", ("sbatch", "--parsable"),
+                       ("squeue", "-h", "-o", "%T", "-j"), ("scancel",), r"^(\d+)"),
+    "pbs": Scheduler("pbs", "pbs/driver.pbs", ("qsub",), ("qstat", "-f"), ("qdel",),
+                     r"^(\S+)"),
+    "condor": Scheduler("condor", "condor/driver.sub", ("condor_submit", "-terse"),
+                        ("condor_q", "-af", "JobStatus"), ("condor_rm",), r"^(\d+)\.\d+"),
+}
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    scheduler: str
+    job_id: str
+    script: str
+    log: str
+    output: str
+    site: str
+
+
+def _state_dir() -> Path:
+    root = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    return files.private_dir(root / "coffea-hpc" / "jobs")
+
+
+def render(template: str, **values: object) -> str:
+    text = (resource_dir("templates") / template).read_text()
+    try:
+        return Template(text).substitute({k: str(v) for k, v in values.items()})
+    except KeyError as err:
+        raise SiteError(f"template {template!r} needs a value for {err.args[0]!r}") from None
+
+
+def driver_command(site: SiteConfig, run_args: Sequence[str]) -> str:
+    """The command the job runs: this interpreter, the same coffea-hpc, inside the job."""
+    return " ".join(shlex.quote(a) for a in (
+        sys.executable, "-m", "coffea_hpc.cli.app", "run", *run_args,
+        "--site", site.name, "--inside-allocation"))
+
+
+def render_job(
+    site: SiteConfig,
+    run_args: Sequence[str],
+    output_dir: Path,
+    *,
+    nodes: int | None = None,
+    walltime: str | None = None,
+    job_name: str = "coffea-hpc",
+) -> dict[str, str]:
+    """The files of the job (name -> text): the batch script and, for HTCondor, its wrapper."""
+    scheduler = site.scheduler
+    if scheduler == "none":
+        raise SiteError(f"site {site.name!r} has no batch system to submit to (provider "
+                        f"{site.provider.type!r}); use 'coffea-hpc run --site {site.name}'")
+    pr, sub = site.provider, site.submit
+    output_dir = output_dir.resolve()
+    log = output_dir / "submit" / f"{job_name}.log"
+    common = {
+        "site": site.name, "job_name": job_name, "workdir": shlex.quote(str(Path.cwd())),
+        "log": str(log), "setup": "\n".join(filter(None, [pr.worker_init, sub.setup])),
+        "command": driver_command(site, run_args),
+    }
+    wall = walltime or sub.walltime or pr.walltime
+    n = nodes or sub.nodes
+    if scheduler == "slurm":
+        lines = [f"#SBATCH --{k}={v}" for k, v in (
+            ("account", pr.account), ("partition", pr.partition), ("qos", pr.qos),
+            ("constraint", pr.constraint)) if v]
+        if pr.gpus_per_node:
+            lines.append(f"#SBATCH --gpus-per-node={pr.gpus_per_node}")
+        lines += [pr.scheduler_options, sub.directives]
+        text = render(SCHEDULERS["slurm"].template, nodes=n, walltime=wall,
+                      directives="\n".join(filter(None, lines)), **common)
+        return {"driver.sbatch": text}
+    if scheduler == "pbs":
+        select = f":{pr.select_options}" if pr.select_options else ""
+        if pr.cores_per_node not in (None, "auto"):
+            select = f":ncpus={pr.cores_per_node}{select}"
+        lines = [f"#PBS -{k} {v}" for k, v in (("A", pr.account), ("q", pr.queue)) if v]
+        lines += [pr.scheduler_options, sub.directives]
+        text = render(SCHEDULERS["pbs"].template, nodes=n, walltime=wall, select=select,
+                      directives="\n".join(filter(None, lines)), **common)
+        return {"driver.pbs": text}
+    script = output_dir / "submit" / "driver.sh"
+    lines = [pr.scheduler_options, pr.requirements and f"requirements = {pr.requirements}",
+             pr.account and f'+AccountingGroup = "{pr.account}"', sub.directives]
+    cpus = pr.cores_per_node if isinstance(pr.cores_per_node, int) else 1
+    memory = f"{pr.mem_per_node or 2} GB"
+    return {
+        "driver.sub": render(SCHEDULERS["condor"].template, script=script, cpus=cpus,
+                             memory=memory, directives="\n".join(filter(None, lines)),
+                             **common),
+        "driver.sh": render("condor/driver.sh", **common),
+    }
+
+
+def submit_job(site: SiteConfig, job_files: dict[str, str], output_dir: Path) -> JobRecord:
+    """Write the job's files under ``output_dir/submit`` and submit the first one."""
+    scheduler = SCHEDULERS[site.scheduler]
+    scheduler.require()
+    folder = files.private_dir(files.private_dir(output_dir) / "submit")
+    paths = []
+    for name, text in job_files.items():
+        path = folder / name
+        path.write_text(text)
+        path.chmod(0o700)
+        paths.append(path)
+    proc = subprocess.run([*scheduler.submit, str(paths[0])], capture_output=True, text=True,
+                          cwd=folder, timeout=120)
+    if proc.returncode != 0:
+        reason = (proc.stderr or proc.stdout).strip().splitlines()
+        raise SiteError(f"{scheduler.submit[0]} refused the job: "
+                        f"{reason[-1] if reason else 'exit ' + str(proc.returncode)}")
+    match = re.search(scheduler.job_id, proc.stdout.strip(), re.MULTILINE)
+    if match is None:
+        raise SiteError(f"could not read a job id from {scheduler.submit[0]}: "
+                        f"{proc.stdout.strip()!r}")
+    log = re.search(r"^(?:#SBATCH --output=|#PBS -o |output\s*=\s*)(\S+)",
+                    job_files[paths[0].name], re.MULTILINE)
+    record = JobRecord(site.scheduler, match.group(1), str(paths[0]),
+                       log.group(1) if log else "", str(output_dir.resolve()), site.name)
+    (_state_dir() / f"{record.job_id}.json").write_text(json.dumps(asdict(record)))
+    return record
+
+
+def job_record(job_id: str) -> JobRecord:
+    path = _state_dir() / f"{job_id}.json"
+    if not path.is_file():
+        raise SiteError(f"no job {job_id!r} submitted by coffea-hpc from this account "
+                        f"(records are in {path.parent})")
+    return JobRecord(**json.loads(path.read_text()))
+
+
+def status(job_id: str) -> str:
+    """The scheduler's state of the job, or 'finished' once it has left the queue."""
+    record = job_record(job_id)
+    scheduler = SCHEDULERS[record.scheduler]
+    proc = subprocess.run([*scheduler.status, record.job_id], capture_output=True, text=True,
+                          timeout=60)
+    text = proc.stdout.strip()
+    if record.scheduler == "pbs":
+        match = re.search(r"job_state = (\w)", text)
+        text = {"Q": "QUEUED", "R": "RUNNING", "E": "EXITING", "H": "HELD",
+                "F": "FINISHED"}.get(match.group(1), match.group(1)) if match else ""
+    elif record.scheduler == "condor":
+        text = {"1": "IDLE", "2": "RUNNING", "3": "REMOVED", "4": "COMPLETED",
+                "5": "HELD"}.get(text, text)
+    return text or "finished (no longer queued)"
+
+
+def cancel(job_id: str) -> None:
+    record = job_record(job_id)
+    scheduler = SCHEDULERS[record.scheduler]
+    proc = subprocess.run([*scheduler.cancel, record.job_id], capture_output=True, text=True,
+                          timeout=60)
+    if proc.returncode != 0:
+        raise SiteError(f"{scheduler.cancel[0]} {record.job_id} failed: "
+                        f"{(proc.stderr or proc.stdout).strip()}")

@@ -1,0 +1,121 @@
+"""The two ways to run on Slurm, on a real one-node Slurm cluster on localhost.
+
+``run --site local-slurm``: Parsl's SlurmProvider submits a pilot job whose workers connect
+back to this driver. ``submit --site local-slurm``: the whole driver runs inside a batch job
+and starts its workers with srun. Both must give the output of a local run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+from coffea.util import load
+
+from coffea_hpc.cli.app import main
+from coffea_hpc.examples.dimuon import DimuonProcessor
+from coffea_hpc.runner import run
+from coffea_hpc.sites import resolve_site
+from coffea_hpc.sites.check import check_site
+from coffea_hpc.sites.submit import job_record, render_job, status
+from tests.helpers import assert_same
+
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(scope="module")
+def local_output(fileset):
+    return run(DimuonProcessor(), fileset, backend="iterative", chunksize=1_500).output
+
+
+def _squeue() -> str:
+    return subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip()
+
+
+def _drained(job_id: str = "", timeout: float = 60) -> bool:
+    """Whether the job (or every job) has left the queue; cancelled jobs complete first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queue = _squeue()
+        if (job_id and job_id not in queue) or not queue:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_run_with_pilot_jobs_through_parsls_slurm_provider(slurm_cluster, fileset_path,
+                                                           local_output, tmp_path, capsys):
+    code = main(["run", "coffea_hpc.examples.dimuon:DimuonProcessor", "-f", str(fileset_path),
+                 "-o", str(tmp_path), "--site", "local-slurm", "--chunksize", "1500"])
+    text = capsys.readouterr()
+    assert code == 0, text.err[-3000:]
+    assert_same(load(tmp_path / "output.coffea"), local_output)
+    # the pilot job ran under Slurm, and is gone once the run is over
+    scripts = [p for p in (tmp_path / "parsl").rglob("submit_scripts/parsl.*")
+               if p.suffix not in (".stdout", ".stderr")]
+    assert scripts and "#SBATCH" in scripts[0].read_text()
+    assert _drained(), _squeue()
+
+
+def test_submit_runs_the_driver_inside_an_allocation(slurm_cluster, fileset_path,
+                                                     local_output, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["submit", "--site", "local-slurm", "coffea_hpc.examples.dimuon:DimuonProcessor",
+                 "-f", str(fileset_path), "-o", str(out), "--chunksize", "1500"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    job_id = printed.out.strip().splitlines()[-1]
+    record = job_record(job_id)
+    deadline = time.monotonic() + 240
+    while not status(job_id).startswith("finished") and time.monotonic() < deadline:
+        time.sleep(1)
+    log = (out / "submit" / "coffea-hpc.log").read_text()
+    assert (out / "output.coffea").exists(), log[-3000:]
+    assert_same(load(out / "output.coffea"), local_output)
+    assert f"job {job_id} on 1 node(s)" in log
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "complete" and report["backend"] == "parsl"
+    assert record.log == str(out / "submit" / "coffea-hpc.log")
+    code = main(["logs", job_id])
+    assert code == 0 and "coffea-hpc run: complete" in capsys.readouterr().out
+
+
+def test_cancel_a_submitted_job(slurm_cluster, fileset_path, tmp_path, capsys):
+    site = resolve_site("local-slurm")
+    long_job = render_job(site, ["x.py:P", "-f", str(fileset_path), "-o", str(tmp_path)],
+                          tmp_path)
+    # replace the driver with a sleep, to cancel something that is surely still running
+    long_job = {k: v.replace("exec ", "sleep 600 #", 1) for k, v in long_job.items()}
+    from coffea_hpc.sites.submit import submit_job
+
+    record = submit_job(site, long_job, tmp_path)
+    assert record.job_id in _squeue()
+    assert main(["cancel", record.job_id]) == 0
+    assert _drained(record.job_id), _squeue()
+
+
+def test_the_doctor_passes_on_a_working_site(slurm_cluster, tmp_path):
+    checks = check_site(resolve_site("local-slurm"), tmp_path, timeout=120)
+    assert [c.name for c in checks] == ["scheduler commands", "account and queue",
+                                        "interchange address", "worker probe", "versions"]
+    assert all(c.ok for c in checks), [(c.name, c.detail) for c in checks]
+
+
+def test_the_doctor_names_a_refused_partition(slurm_cluster, tmp_path):
+    site = resolve_site("local-slurm", overrides={"partition": "nosuchpartition"})
+    checks = check_site(site, tmp_path, probe=False)
+    refused = next(c for c in checks if c.name == "account and queue")
+    assert refused.ok is False and "partition" in refused.detail.lower()
+    assert "provider.account, partition" in refused.fix
+
+
+def test_the_doctor_names_a_broken_worker_environment(slurm_cluster, tmp_path):
+    """A worker_init that breaks the environment: the probe fails and says where to look."""
+    site = resolve_site("local-slurm")
+    broken = site.model_copy(update={
+        "provider": site.provider.model_copy(update={"worker_init": "exit 3"})})
+    checks = check_site(broken, tmp_path, timeout=15)
+    probe = next(c for c in checks if c.name == "worker probe")
+    assert probe.ok is False and "worker_init" in probe.fix

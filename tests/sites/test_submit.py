@@ -1,0 +1,80 @@
+"""Driver job scripts: rendered for every preset with a batch system (golden files), and
+syntactically valid; PBS and HTCondor have no server here, so their scripts are checked as
+text, while Slurm's are also accepted by a real sbatch in test_slurm.py."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from coffea_hpc.errors import SiteError
+from coffea_hpc.sites import resolve_site
+from coffea_hpc.sites.allocation import detect_allocation, site_inside
+from coffea_hpc.sites.submit import render_job
+from tests.sites.conftest import check_golden
+
+BATCH_PRESETS = ["local-slurm", "perlmutter-cpu", "perlmutter-gpu", "polaris", "frontier",
+                 "lxplus-condor", "generic-slurm", "generic-pbs", "generic-condor"]
+RUN_ARGS = ["analysis.py:Proc", "--fileset", "/data/fileset.json", "-o", "/out/run"]
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", BATCH_PRESETS)
+def test_driver_scripts_match_golden(name, in_tmp):
+    site = resolve_site(name, overrides={"account": "ACCOUNT"})
+    files = render_job(site, RUN_ARGS, Path("/out/run"))
+    for filename, text in files.items():
+        text = text.replace(str(in_tmp), "WORKDIR")
+        check_golden(f"submit-{name}-{filename}", text)
+        if filename.endswith((".sbatch", ".pbs", ".sh")):
+            assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+            assert "--inside-allocation" in text and f"--site {name}" in text
+
+
+def test_directives_follow_the_site(in_tmp):
+    site = resolve_site("polaris", overrides={"account": "proj"})
+    text = render_job(site, RUN_ARGS, Path("/o"), nodes=8, walltime="00:30:00")["driver.pbs"]
+    assert "#PBS -l select=8:ncpus=64:ngpus=4" in text
+    assert "#PBS -l walltime=00:30:00" in text and "#PBS -A proj" in text
+    assert "#PBS -q debug" in text and "#PBS -l filesystems=home:eagle" in text
+    slurm = render_job(resolve_site("perlmutter-cpu", overrides={"account": "m1"}), RUN_ARGS,
+                       Path("/o"))["driver.sbatch"]
+    for line in ("#SBATCH --account=m1", "#SBATCH --constraint=cpu", "#SBATCH --qos=regular",
+                 "#SBATCH --nodes=2"):
+        assert line in slurm
+
+
+def test_sites_without_a_batch_system_cannot_submit():
+    with pytest.raises(SiteError, match="no batch system to submit to"):
+        render_job(resolve_site("local"), RUN_ARGS, Path("/o"))
+
+
+def test_allocations_are_found_in_the_environment(tmp_path):
+    nodefile = tmp_path / "nodes"
+    nodefile.write_text("n1\nn1\nn2\nn3\n")
+    assert detect_allocation({"SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "4"}).nodes == 4
+    pbs = detect_allocation({"PBS_JOBID": "9.pbs", "PBS_NODEFILE": str(nodefile)})
+    assert (pbs.scheduler, pbs.nodes) == ("pbs", 3)
+    with pytest.raises(SiteError, match="no Slurm or PBS job found"):
+        detect_allocation({})
+
+
+def test_inside_an_allocation_workers_use_its_nodes():
+    base = resolve_site("perlmutter-cpu", overrides={"account": "m1"})
+    multi = site_inside(base, detect_allocation({"SLURM_JOB_ID": "5",
+                                                 "SLURM_JOB_NUM_NODES": "16"}))
+    assert multi.provider.type == "local" and multi.provider.launcher == "srun"
+    assert multi.provider.nodes_per_block == 16 and multi.provider.launcher_overrides == "-c 256"
+    assert multi.executor.interface == "hsn0" and not multi.executor.loopback
+    single = site_inside(base, detect_allocation({"SLURM_JOB_ID": "5",
+                                                  "SLURM_JOB_NUM_NODES": "1"}))
+    assert single.executor.loopback
+    pbs = site_inside(None, detect_allocation({"PBS_JOBID": "1"}))
+    assert pbs.provider.launcher == "mpiexec"

@@ -90,12 +90,14 @@ def check_site(
     site = _site(name, site_file, run_options, account=account, scaleout=1)
     failed = False
     for check in run_checks(site, run_dir, probe=probe, timeout=timeout):
-        mark = {True: "[green]ok[/green]", False: "[red]FAIL[/red]", None: "[dim]--[/dim]"}
-        console.print(f"{mark[check.ok]:>6}  {check.name}: {check.detail}", highlight=False)
+        label, style = {True: ("ok", "green"), False: ("FAIL", "red"), None: ("--", "dim")}[
+            check.ok]
+        console.print(f"[{style}]{label:>4}[/{style}]  {check.name}: {check.detail}",
+                      highlight=False)
         if check.ok is False:
             failed = True
             if check.fix:
-                console.print(f"        fix: {check.fix}", highlight=False)
+                console.print(f"      fix: {check.fix}", highlight=False)
     if failed:
         raise typer.Exit(1)
 

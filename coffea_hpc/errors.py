@@ -17,6 +17,7 @@ __all__ = [
     "MissingDependencyError",
     "OverlapError",
     "ProcessorLoadError",
+    "RemoteEnvironmentError",
     "SiteError",
     "UserError",
 ]
@@ -44,6 +45,11 @@ class SiteError(UserError):
 
 class MissingDependencyError(UserError):
     """An optional package that the chosen feature needs is not installed."""
+
+
+class RemoteEnvironmentError(UserError):
+    """A remote endpoint whose software differs from the driver's, or that cannot be used
+    (not logged in, unknown endpoint)."""
 
 
 class BackendError(CoffeaHPCError):

@@ -12,18 +12,28 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from coffea.util import load as coffea_load
 from coffea.util import save as coffea_save
 
-__all__ = ["OUTPUT_NAME", "REPORT_NAME", "load", "private_dir", "save", "write_json"]
+__all__ = ["OUTPUT_NAME", "REPORT_NAME", "RemoteOutput", "load", "private_dir", "save",
+           "write_json"]
 
 OUTPUT_NAME = "output.coffea"
 REPORT_NAME = "report.json"
 CHECKPOINT_NAME = "checkpoint.coffea"
 PREPARED_NAME = "prepared.json"
+
+
+@dataclass(frozen=True)
+class RemoteOutput:
+    """An output too large to bring back, left where it was made (e.g. a Globus endpoint)."""
+
+    location: str
+    nbytes: int
 
 
 def private_dir(path: str | Path) -> Path:

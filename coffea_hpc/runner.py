@@ -25,6 +25,7 @@ from coffea_hpc.backends import Backend, ErrorPolicy, Task, make_backend
 from coffea_hpc.data.chunks import Chunk, chunks_of
 from coffea_hpc.data.fileset import Fileset
 from coffea_hpc.errors import ChunkFailedError, UserError
+from coffea_hpc.output import RemoteOutput
 from coffea_hpc.processing.preprocess import Preprocessed, preprocess
 from coffea_hpc.processing.processor import ProcessorHandle, load_processor, postprocess
 from coffea_hpc.processing.result import Result
@@ -47,10 +48,13 @@ class RunOutcome:
     report: dict[str, Any]
     output_dir: Path | None = None
     prepared: Fileset | None = None
+    remote: RemoteOutput | None = None
 
     @property
     def output_path(self) -> Path | None:
-        return self.output_dir / files.OUTPUT_NAME if self.output_dir else None
+        if self.remote is not None or self.output_dir is None:
+            return None
+        return self.output_dir / files.OUTPUT_NAME
 
 
 @dataclass
@@ -60,6 +64,7 @@ class _Checkpointer:
     path: Path | None
     interval: float
     base: Result = field(default_factory=Result)
+    discard: Callable[[list[Any]], None] = field(default=lambda values: _delete_spilled(values))
     _last: float = field(default_factory=time.monotonic)
 
     def tick(self, task: Task) -> None:
@@ -72,7 +77,7 @@ class _Checkpointer:
         else:
             self._last = time.monotonic()
         # merged-away partials go only once a checkpoint no longer refers to them
-        _delete_spilled(garbage)
+        self.discard(garbage)
 
     def write(self, partial: Result) -> None:
         if self.path is None or (partial.is_empty and self.base.is_empty):
@@ -123,7 +128,6 @@ def run(
     fs = load_fileset(fileset).limit(files_per_dataset=limit_files)
     out_dir = files.private_dir(output_dir) if output_dir is not None else None
     reduction = reduction or Reduction()
-    spill = reduction.spill_policy(out_dir)
     checkpoint_path = out_dir / files.CHECKPOINT_NAME if out_dir else None
     checkpoint = _Checkpointer(checkpoint_path, checkpoint_interval)
     if resume:
@@ -134,6 +138,11 @@ def run(
             options = {"run_dir": out_dir / "parsl"} if backend == "parsl" and out_dir else {}
             backend = make_backend(backend, workers=workers, **options)
         stack.enter_context(backend)  # type: ignore[arg-type]
+        remote_storage = getattr(backend, "remote_storage", None)
+        spill = reduction.spill_policy(out_dir, remote=remote_storage)
+        if remote_storage is not None:  # partials live on the backend's side, so does cleanup
+            backend.use_spill_directory(spill.directory)  # type: ignore[union-attr]
+            checkpoint.discard = backend.discard  # type: ignore[union-attr]
 
         prep = preprocess(fs, backend, chunksize=chunksize, align_clusters=align_clusters,
                           policy=policy, reporter=reporter)
@@ -148,35 +157,45 @@ def run(
         except ChunkFailedError as err:
             if isinstance(err.partial, Result):
                 checkpoint.write(err.partial)
-            _delete_spilled(getattr(task, "take_garbage", list)())
+            checkpoint.discard(getattr(task, "take_garbage", list)())
             _write_report(out_dir, _report("failed", started, backend, prep, work,
                                            checkpoint.base + _partial(err), error=str(err)))
             raise
         except BaseException:
             partial, _ = task.partial_result()
             checkpoint.write(partial)
-            _delete_spilled(getattr(task, "take_garbage", list)())
+            checkpoint.discard(getattr(task, "take_garbage", list)())
             _write_report(out_dir, _report("interrupted", started, backend, prep, work,
                                            checkpoint.base + partial))
             raise
 
-    total = checkpoint.base + result
-    spilled = total.value
-    total.value, merge_stats = reduction.finish(spilled, spill)
-    final = postprocess(proc, total.value)
+        total = checkpoint.base + result
+        if remote_storage is not None:  # merge where the partials are
+            checkpoint.discard(getattr(task, "take_garbage", list)())
+            total.value = backend.finish(total.value, handle)  # type: ignore[union-attr]
+        total.value, merge_stats = reduction.finish(total.value, spill)
+
+    remote = total.value if isinstance(total.value, RemoteOutput) else None
+    final = None if remote else postprocess(proc, total.value)
     report = _report("complete" if not total.failures else "incomplete", started, backend, prep,
                      work, total)
     report["reduction"] = {"mode": reduction.mode, "merge_tasks": total.metrics.get("merges", 0),
                            "final_merge": merge_stats.as_dict()}
+    if remote is not None:
+        report["output_location"] = remote.location
+        log.warning("the output (%.1f MB) stays where it was made: %s", remote.nbytes / 1e6,
+                    remote.location)
     if out_dir is not None:
-        files.save(final, out_dir / files.OUTPUT_NAME)
+        if remote is None:
+            files.save(final, out_dir / files.OUTPUT_NAME)
         _write_report(out_dir, report)
         if checkpoint_path is not None:
             checkpoint_path.unlink(missing_ok=True)
-    # everything in this run's spill folder is merged now (or orphaned by a merge that was
-    # still running when an earlier attempt stopped)
-    shutil.rmtree(spill.directory, ignore_errors=True)
-    return RunOutcome(final, total, report, out_dir, prep.fileset)
+    if getattr(backend, "remote_storage", None) is None:
+        # everything in this run's spill folder is merged now (or orphaned by a merge that
+        # was still running when an earlier attempt stopped)
+        shutil.rmtree(spill.directory, ignore_errors=True)
+    return RunOutcome(final, total, report, out_dir, prep.fileset, remote)
 
 
 def _delete_spilled(values: list[Any]) -> None:

@@ -30,7 +30,7 @@ __all__ = [
     "make_backend",
 ]
 
-BACKENDS = ("iterative", "futures", "parsl", "dask")
+BACKENDS = ("iterative", "futures", "parsl", "dask", "globus")
 
 
 def make_backend(name: str, *, workers: int | None = None, **options: Any) -> Backend:
@@ -51,4 +51,9 @@ def make_backend(name: str, *, workers: int | None = None, **options: Any) -> Ba
         from coffea_hpc.backends.dask import DaskBackend
 
         return DaskBackend(options.get("address"), workers=workers)
+    if name == "globus":
+        from coffea_hpc.backends.globus import GlobusBackend
+
+        return GlobusBackend(options.get("endpoint_id", ""), **{
+            k: v for k, v in options.items() if k != "endpoint_id"})
     raise UserError(f"unknown executor {name!r}: choose one of {', '.join(BACKENDS)}")

@@ -14,7 +14,6 @@ import logging
 import queue
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import CancelledError
 from typing import Any, Protocol
 
 from coffea_hpc.backends.protocol import (
@@ -205,15 +204,14 @@ class FutureTask:
             if self._status is not TaskStatus.RUNNING:
                 return
         if self._status is TaskStatus.RUNNING and not self._inflight:
-            self._status = TaskStatus.COMPLETE
+            self._complete()
 
     def _settle(self, element: WorkElement, future: FutureLike) -> None:
         try:
             result: Result = future.result()
             errors = {f.key: f.error for f in result.failures}
-        except CancelledError:
-            return
-        except BaseException as exc:  # the element died as a whole (worker lost, ...)
+        except BaseException as exc:  # the element died as a whole (worker lost, cancelled
+            # by someone else: what the task cancels itself never comes back here)
             result = Result()
             error = RemoteError.from_exception(exc)
             errors = dict.fromkeys(element.keys, error)
@@ -242,6 +240,16 @@ class FutureTask:
             self._retries += len(retry)
             for element_again in self._work.subset(retry):
                 self._launch(element_again)
+
+    def _complete(self) -> None:
+        """Finish, after checking that every key is either done or recorded as failed."""
+        missing = [k for k in self._all_keys if k not in self._done and k not in self._failed]
+        if missing:  # a backend lost track of work: never report it as complete
+            error = RemoteError(("RuntimeError",), f"{len(missing)} units of work were never "
+                                "answered by the backend")
+            self._halt(missing[0], error, self._attempts.get(missing[0], 0))
+            return
+        self._status = TaskStatus.COMPLETE
 
     def _settle_merge(self, element: WorkElement, future: FutureLike) -> None:
         assert self._reducer is not None

@@ -188,7 +188,11 @@ def run(
         console.print(f"[red]failed[/red] {failure['chunk']}: {failure['error']}")
     for skipped in outcome.report["skipped_files"]:
         console.print(f"[yellow]skipped[/yellow] {skipped['file']}: {skipped['error']}")
-    console.print(f"output: {outcome.output_path}")
+    if outcome.remote is not None:
+        console.print(f"output: too large to bring back; it is on the remote side at "
+                      f"{outcome.remote.location}")
+    else:
+        console.print(f"output: {outcome.output_path}")
 
 
 @app.command()

@@ -66,14 +66,15 @@ class Reduction:
 
             raise UserError(f"unknown reduction {self.mode!r}: choose one of {', '.join(MODES)}")
 
-    def spill_policy(self, output_dir: Path | None) -> SpillPolicy:
-        """Where this run spills: ``OUTPUT/spill`` by default; under ``--spill-dir``, a
-        folder named after the output directory, so a resumed run finds its partials and
-        runs sharing a spill area never mix."""
-        if self.spill_dir is not None:
+    def spill_policy(self, output_dir: Path | None, *, remote: str | None = None) -> SpillPolicy:
+        """Where this run spills: ``OUTPUT/spill`` by default; under ``--spill-dir`` (or a
+        backend's remote storage), a folder named after the output directory, so a resumed
+        run finds its partials and runs sharing a spill area never mix."""
+        root = self.spill_dir or remote
+        if root is not None:
             tag = hashlib.sha1(str(output_dir.resolve() if output_dir else uuid.uuid4())
                                .encode()).hexdigest()[:12]
-            directory = str(Path(self.spill_dir) / f"coffea-hpc-{tag}")
+            directory = f"{root.rstrip('/')}/coffea-hpc-{tag}"
         elif output_dir is not None:
             directory = str(output_dir / "spill")
         else:

@@ -9,7 +9,7 @@ messages that name the field; `coffea_hpc.sites.build` turns a valid site into P
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -49,6 +49,12 @@ class ExecutorSpec(_Strict):
         description="workers use the driver's interpreter (driver) or the first python on "
                     "PATH after worker_init (path)")
     endpoint_id: str | None = None
+    endpoint_config: dict[str, Any] = Field(
+        default_factory=dict, description="user_endpoint_config sent with every Globus task "
+                                          "(fills the endpoint's template: account, walltime...)")
+    remote_dir: str | None = Field(
+        default=None, description="endpoint-side folder for spilled partials and outputs "
+                                  "($VARS expand on the endpoint)")
     mpi_launcher: Literal["mpiexec", "srun", "aprun"] = "mpiexec"
     max_workers_per_block: int = Field(default=1, ge=1)
     port: int | None = Field(default=None, ge=1024, le=65535)

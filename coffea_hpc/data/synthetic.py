@@ -64,23 +64,45 @@ def generate(
     basket_entries: int = 5_000,
     seed: int = 2026,
     overwrite: bool = False,
+    workers: int = 1,
 ) -> Fileset:
-    """Write the files (skipping those already there) and return their fileset."""
+    """Write the files (skipping those already there) and return their fileset.
+
+    ``workers > 1`` writes files in parallel processes (each file still comes from its own
+    seeded generator, so the output does not depend on it).
+    """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     spec: dict[str, Any] = {}
+    jobs = []
     for d_index, ds in enumerate(datasets):
         paths = []
         for f_index in range(ds.n_files):
             path = outdir / ds.name / f"nano_{f_index}.root"
             if overwrite or not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                rng = np.random.default_rng([seed, d_index, f_index])
-                _write_file(path, ds, rng, events_per_file, profile, compression,
-                            basket_entries, run=1 + d_index, first_event=f_index * events_per_file)
+                jobs.append((path, ds, (seed, d_index, f_index), events_per_file, profile,
+                             compression, basket_entries, 1 + d_index,
+                             f_index * events_per_file))
             paths.append(str(path.resolve()))
         spec[ds.name] = {"treename": "Events", "files": paths, "metadata": dict(ds.metadata)}
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+            list(pool.map(_write_job, jobs))
+    else:
+        for job in jobs:
+            _write_job(job)
     return Fileset.from_mapping(spec, source="synthetic")
+
+
+def _write_job(job: tuple[Any, ...]) -> None:
+    path, ds, seeds, n, profile, compression, basket, run, first = job
+    _write_file(path, ds, np.random.default_rng(list(seeds)), n, profile, compression, basket,
+                run=run, first_event=first)
 
 
 # -- writing ------------------------------------------------------------------------------

@@ -96,9 +96,10 @@ def run(
     retries: Annotated[int, typer.Option(min=0, help="Retries per failed chunk.")] = 1,
     skip_bad_files: SkipBad = False,
     align_clusters: AlignClusters = False,
-    chunks_per_task: Annotated[int, typer.Option(
+    chunks_per_task: Annotated[int | None, typer.Option(
         "--chunks-per-task", min=1,
-        help="Chunks each task processes and folds before sending one result.")] = 1,
+        help="Chunks of one file each task processes and folds before sending one result "
+             "(default: enough for two tasks per worker).")] = None,
     reduce: Annotated[str, typer.Option(
         help="Reduction: driver (add results as they come), tree (merge tasks on the "
              "workers), mpi (an MPI tree-merge at the end).")] = "driver",

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from coffea_hpc.backends.protocol import Backend, ErrorPolicy
 from coffea_hpc.data.chunks import aligned_steps, even_steps
 from coffea_hpc.data.fileset import Dataset, File, Fileset
-from coffea_hpc.processing.events import open_tree
 from coffea_hpc.processing.result import Failure, RemoteError, Result
+from coffea_hpc.processing.worker import builder
 from coffea_hpc.progress import Reporter, watch
 
 __all__ = ["DEFAULT_CHUNKSIZE", "FileInfo", "InspectFile", "Preprocessed", "preprocess"]
@@ -56,13 +56,10 @@ class InspectFile:
     def __call__(self) -> Result:
         key = self.keys[0]
         try:
-            tree = open_tree(self.path, self.treename)
-            try:
-                starts = tuple(int(x) for x in tree.common_entry_offsets()) if self.clusters \
-                    else None
-                info = FileInfo(int(tree.num_entries), str(tree.file.uuid), starts)
-            finally:
-                tree.file.close()
+            tree = builder().tree(self.path, self.treename)
+            starts = tuple(int(x) for x in tree.common_entry_offsets()) if self.clusters \
+                else None
+            info = FileInfo(int(tree.num_entries), str(tree.file.uuid), starts)
         except Exception as exc:
             return Result(failures=(Failure(key, RemoteError.from_exception(exc), 1,
                                             self.labels[0]),))

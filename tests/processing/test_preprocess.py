@@ -75,3 +75,13 @@ def test_skip_bad_files_reports_and_goes_on(with_bad_files, backend):
     assert "missing.root': no such file" in messages
     assert "has no tree 'WrongTree' (it has: Events)" in messages
     assert all(f.attempts == 2 for f in outcome.skipped)  # retried once, then skipped
+
+
+def test_align_clusters_ends_chunks_on_cluster_boundaries(fileset, backend):
+    """The fixture's files have baskets of 1,000 entries: chunks start on those boundaries."""
+    prepared = preprocess(fileset, backend, chunksize=1_500, align_clusters=True).fileset
+    for _, f in prepared.files:
+        starts = set(int(x) for x in uproot.open(f.path)["Events"].common_entry_offsets())
+        assert all(a in starts for a, _ in f.steps)
+        assert all(b - a >= 1_500 or b == f.entries for a, b in f.steps)
+        assert f.steps[-1][1] == f.entries

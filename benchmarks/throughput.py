@@ -13,6 +13,7 @@ must equal the Runner's, so a fast but wrong result cannot pass.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -132,8 +133,9 @@ def bare_loop(spec: dict, chunksize: int) -> dict:
 
 
 def chunk_overhead(spec: dict, chunksize: int) -> dict:
-    """Per-chunk cost of building events (plus reading the muons), first chunk of a file
-    excluded: with coffea-hpc's GC setting and with Python's default."""
+    """Per-chunk cost of building events — alone (the overhead) and with reading the muons
+    (real I/O, which grows with the chunk) — first chunk of a file excluded, with
+    coffea-hpc's GC setting and with Python's default."""
     import awkward as ak
     from coffea.nanoevents import NanoAODSchema
 
@@ -148,23 +150,26 @@ def chunk_overhead(spec: dict, chunksize: int) -> dict:
     n = uproot.open(path)["Events"].num_entries
     steps = even_steps(n, chunksize)
     results = {}
-    for label, tuned in (("tuned_gc", True), ("default_gc", False)):
+    for label, tuned, read in (("build_tuned_gc", True, False),
+                               ("build_default_gc", False, False),
+                               ("build+muons_tuned_gc", True, True),
+                               ("build+muons_default_gc", False, True)):
         builder = EventsBuilder()
         times = []
         for i, (a, b) in enumerate(steps * 3):
             start = time.perf_counter()
-            if tuned:
-                with _fewer_gc_pauses():
-                    ak.sum(builder.events(Chunk("d", path, "Events", a, b), NanoAODSchema)
-                           .Muon.pt)
-            else:
-                ak.sum(builder.events(Chunk("d", path, "Events", a, b), NanoAODSchema).Muon.pt)
+            with _fewer_gc_pauses() if tuned else contextlib.nullcontext():
+                events = builder.events(Chunk("d", path, "Events", a, b), NanoAODSchema)
+                if read:
+                    ak.sum(events.Muon.pt)
+                del events
             if i > 0:
                 times.append(time.perf_counter() - start)
         builder.close()
         gc.collect()
         results[label] = {"mean_s": statistics.mean(times), "max_s": max(times)}
     return results
+
 
 
 # -- the orchestration --------------------------------------------------------------------
@@ -183,6 +188,8 @@ def main() -> None:
     parser.add_argument("--chunksize", type=int, default=5_000)
     parser.add_argument("--quick", action="store_true", help="small files, light analysis")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--overhead-only", action="store_true",
+                        help="only the per-chunk event-building micro-benchmark")
     parser.add_argument("--_one", help=argparse.SUPPRESS)
     parser.add_argument("--_analysis", help=argparse.SUPPRESS)
     parser.add_argument("--_workers", type=int, help=argparse.SUPPRESS)
@@ -209,6 +216,8 @@ def main() -> None:
     print("per-chunk event building (first chunk of a file excluded): "
           + ", ".join(f"{k} {v['mean_s'] * 1e3:.0f} ms (max {v['max_s'] * 1e3:.0f})"
                       for k, v in report["chunk_overhead"].items()))
+    if args.overhead_only:
+        return
     analyses = ["light"] if args.quick else ["light", "heavy"]
     plan = [("bare-uproot", 1), *PLAN]
     for analysis in analyses:

@@ -91,12 +91,12 @@ def remote_finish(value: Any, remote_dir: str, max_result_bytes: int,
 
     merged = resolve(value, delete=True)
     if len(cloudpickle.dumps(merged)) <= max_result_bytes:
-        for leftover in Path(_expand(remote_dir)).glob("partial-*.coffea"):
+        for leftover in Path(_expand(remote_dir)).glob("partial-*"):
             leftover.unlink(missing_ok=True)  # orphans of merges cut short in earlier attempts
         return merged
     final = postprocess(processor.load(), merged)
     directory = output.private_dir(_expand(remote_dir))
-    for leftover in directory.glob("partial-*.coffea"):
+    for leftover in directory.glob("partial-*"):
         leftover.unlink(missing_ok=True)
     path = output.save(final, directory / output.OUTPUT_NAME)
     return RemoteOutput(str(path), path.stat().st_size)

@@ -10,6 +10,7 @@ they were spilled to, and only a reference comes back.
 
 from __future__ import annotations
 
+import copy
 import logging
 import resource
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from coffea_hpc.processing.result import Result, merge_values
-from coffea_hpc.reduction.spill import SpilledRef, SpillSet, load_spilled, spill
+from coffea_hpc.reduction.spill import SpilledRef, SpillSet, fold_spilled, spill
 
 __all__ = ["MergeSpilled", "MergeStats", "merge_serial", "merge_stream", "peak_rss"]
 
@@ -66,20 +67,21 @@ def merge_stream(
     initial: Any = None,
     stats: MergeStats | None = None,
 ) -> Any:
-    """Merge partials from storage one at a time: memory is the sum plus one partial."""
+    """Merge partials from storage one at a time.
+
+    Memory is the running sum plus one buffer for spill files, plus one partial for files in
+    coffea's format. ``initial`` (values already in memory, usually small: whatever was not
+    worth spilling) is copied, never modified: it may still be referenced by a processor.
+    """
     started = time.perf_counter()
-    total = initial
-    owned = False
+    total = copy.deepcopy(initial)
     count = 0
     read = 0
     for item in inputs:
         path = item.path if isinstance(item, SpilledRef) else str(item)
-        value = load_spilled(path)
+        total = fold_spilled(total, path)
         read += Path(path).stat().st_size
-        total = merge_values(total, value, in_place=owned)
-        owned = True
         count += 1
-        del value
     if stats is not None:
         stats.inputs += count
         stats.bytes_read += read

@@ -32,6 +32,7 @@ import psutil
 
 from coffea_hpc import output
 from coffea_hpc.errors import MergeError
+from coffea_hpc.reduction._spillfile import SPILL_SUFFIX
 from coffea_hpc.reduction.buffers import Slot, fold_buffers, skeleton
 from coffea_hpc.reduction.merge import MergeStats, merge_stream, peak_rss
 
@@ -46,12 +47,13 @@ _TAG_SKELETON, _TAG_BUFFER = 11, 12
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given; for a directory, the ``*.coffea`` files in it (sorted)."""
+    """Files as given; for a directory, the partials in it (``*.coffea``, ``*.cspill``)."""
     out: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            out.extend(sorted(path.glob("*.coffea")))
+            out.extend(sorted(p for p in path.iterdir()
+                              if p.suffix in (".coffea", SPILL_SUFFIX) and p.is_file()))
         elif path.exists():
             out.append(path)
         else:

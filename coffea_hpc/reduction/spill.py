@@ -22,6 +22,7 @@ import numpy as np
 
 from coffea_hpc import output
 from coffea_hpc.processing.result import DeferredValue, merge_values
+from coffea_hpc.reduction._spillfile import SPILL_SUFFIX, fold_spill_file, write_spill_file
 
 __all__ = ["SpillPolicy", "SpillSet", "SpilledRef", "load_spilled", "serialized_size", "spill"]
 
@@ -75,23 +76,41 @@ class SpillSet(DeferredValue):
 
 
 def spill(value: Any, directory: str | Path) -> SpilledRef:
-    """Write ``value`` under ``directory`` (created private) and return its reference."""
+    """Write ``value`` under ``directory`` (created private) and return its reference.
+
+    Spill files use a buffer-by-buffer layout (`_spillfile`), written atomically with mode
+    600; `load_spilled` and the merges also read partials saved in coffea's format.
+    """
     directory = output.private_dir(directory)
-    path = directory / f"partial-{uuid.uuid4().hex}.coffea"
-    output.save(value, path)
-    os.chmod(path, 0o600)
+    name = f"partial-{uuid.uuid4().hex}"
+    tmp = directory / f".{name}.tmp"
+    path = directory / f"{name}{SPILL_SUFFIX}"
+    try:
+        write_spill_file(value, tmp)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return SpilledRef(str(path), path.stat().st_size)
 
 
 def load_spilled(ref: SpilledRef | str | Path) -> Any:
-    path = ref.path if isinstance(ref, SpilledRef) else str(ref)
+    return fold_spilled(None, ref)
+
+
+def fold_spilled(total: Any, ref: SpilledRef | str | Path) -> Any:
+    """Add a partial from storage into ``total``: spill files buffer by buffer (memory: the
+    sum plus one buffer), coffea files whole."""
+    path = Path(ref.path if isinstance(ref, SpilledRef) else ref)
     try:
-        return output.load(path)
+        if path.suffix == SPILL_SUFFIX:
+            return fold_spill_file(total, path)
+        return merge_values(total, output.load(path), in_place=True)
     except FileNotFoundError:
         from coffea_hpc.errors import MergeError
 
-        raise MergeError(f"partial {path!r} is missing (deleted, or not on shared storage?)")\
-            from None
+        raise MergeError(f"partial {str(path)!r} is missing (deleted, or not on shared "
+                         "storage?)") from None
 
 
 def serialized_size(value: Any) -> int:

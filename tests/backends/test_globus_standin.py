@@ -51,7 +51,7 @@ def _backend(tmp_path: Path, executors: list, **options) -> GlobusBackend:
 def test_standin_full_run_equals_a_local_run(fileset, expected, tmp_path):
     executors: list[StandInExecutor] = []
     outcome = run(DimuonProcessor(), fileset, backend=_backend(tmp_path, executors),
-                  chunksize=1_000, output_dir=tmp_path / "out")
+                  chunksize=1_000, output_dir=tmp_path / "out", chunks_per_task=1)
     assert_same(outcome.output, expected)
     assert_same(load(tmp_path / "out" / "output.coffea"), expected)
     [executor] = executors
@@ -114,7 +114,7 @@ def test_standin_failed_and_lost_tasks_are_retried(fileset, expected, tmp_path):
     backend = _backend(tmp_path, executors, fail_tasks={3, 7}, lose_tasks={9},
                        task_timeout=10.0, api_burst_window_s=1)
     outcome = run(DimuonProcessor(), fileset, backend=backend, chunksize=1_000,
-                  policy=ErrorPolicy(max_retries=1))
+                  policy=ErrorPolicy(max_retries=1), chunks_per_task=1)
     assert_same(outcome.output, expected)
     assert sum(c.tasks for c in executors[0].calls) == 1 + 4 + 12 + 3  # three resubmitted
 

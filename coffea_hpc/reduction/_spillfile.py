@@ -1,0 +1,75 @@
+"""The spill file format: a pickled skeleton, then raw buffers in compressed pieces.
+
+coffea's own format (lz4 around one cloudpickle) must be decompressed and unpickled whole,
+which costs two to three partials' worth of memory for a moment. Spilled partials are
+internal, so they use a layout that can be read one buffer at a time and added straight
+into a running sum: memory is the sum plus one buffer, whatever the partial's size.
+
+    magic (8 bytes) | skeleton length (8) | lz4(cloudpickle(skeleton))
+    per buffer, per piece: compressed length (8) | lz4 block of at most 16 MiB of raw bytes
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import cloudpickle
+import lz4.block
+import lz4.frame
+import numpy as np
+
+from coffea_hpc.reduction.buffers import Slot, fold_buffers, skeleton
+
+__all__ = ["SPILL_SUFFIX", "fold_spill_file", "read_spill_file", "write_spill_file"]
+
+SPILL_SUFFIX = ".cspill"
+_MAGIC = b"CHPCSPL1"
+_PIECE = 16 * 1024**2
+_LEN = struct.Struct("<Q")
+
+
+def write_spill_file(value: Any, path: Path) -> None:
+    skel, buffers = skeleton(value)
+    head = lz4.frame.compress(cloudpickle.dumps(skel))
+    with open(path, "wb") as out:
+        out.write(_MAGIC)
+        out.write(_LEN.pack(len(head)))
+        out.write(head)
+        for buf in buffers:
+            raw = memoryview(np.ascontiguousarray(buf)).cast("B")
+            for start in range(0, max(len(raw), 1), _PIECE):
+                block = lz4.block.compress(raw[start:start + _PIECE], store_size=True)
+                out.write(_LEN.pack(len(block)))
+                out.write(block)
+
+
+def fold_spill_file(total: Any, path: Path) -> Any:
+    """Add the partial in ``path`` into ``total`` (None: just read it), buffer by buffer."""
+    with open(path, "rb") as src:
+        if src.read(len(_MAGIC)) != _MAGIC:
+            raise ValueError(f"{path} is not a coffea-hpc spill file")
+        skel = cloudpickle.loads(lz4.frame.decompress(src.read(_read_len(src))))
+
+        def receive(slot: Slot) -> np.ndarray:
+            buf = np.empty(slot.shape, dtype=np.dtype(slot.dtype))
+            raw = memoryview(buf).cast("B")
+            for start in range(0, max(len(raw), 1), _PIECE):
+                piece = lz4.block.decompress(src.read(_read_len(src)))
+                raw[start:start + len(piece)] = piece
+            return buf
+
+        return fold_buffers(total, skel, receive)
+
+
+def read_spill_file(path: Path) -> Any:
+    return fold_spill_file(None, path)
+
+
+def _read_len(src: BinaryIO) -> int:
+    data = src.read(_LEN.size)
+    if len(data) != _LEN.size:
+        raise ValueError("truncated spill file")
+    return _LEN.unpack(data)[0]
+

@@ -52,15 +52,18 @@ def fold_spill_file(total: Any, path: Path) -> Any:
             raise ValueError(f"{path} is not a coffea-hpc spill file")
         skel = cloudpickle.loads(lz4.frame.decompress(src.read(_read_len(src))))
 
-        def receive(slot: Slot) -> np.ndarray:
-            buf = np.empty(slot.shape, dtype=np.dtype(slot.dtype))
-            raw = memoryview(buf).cast("B")
-            for start in range(0, max(len(raw), 1), _PIECE):
-                piece = lz4.block.decompress(src.read(_read_len(src)))
-                raw[start:start + len(piece)] = piece
-            return buf
+        def read(slot: Slot, target: np.ndarray, add: bool) -> None:
+            per_piece = _PIECE // target.dtype.itemsize
+            for start in range(0, max(target.size, 1), per_piece):
+                piece = np.frombuffer(lz4.block.decompress(src.read(_read_len(src))),
+                                      dtype=target.dtype)
+                segment = target[start:start + piece.size]
+                if add:
+                    segment += piece
+                else:
+                    segment[...] = piece
 
-        return fold_buffers(total, skel, receive)
+        return fold_buffers(total, skel, read)
 
 
 def read_spill_file(path: Path) -> Any:

@@ -22,7 +22,7 @@ import numpy as np
 from coffea_hpc.errors import MergeError
 from coffea_hpc.processing.result import merge_values
 
-__all__ = ["Slot", "fold_buffers", "raw_view", "skeleton"]
+__all__ = ["Reader", "Slot", "fold_buffers", "raw_view", "skeleton"]
 
 _ADDITIVE = (bh.storage.Double, bh.storage.Int64, bh.storage.Weight, bh.storage.Unlimited,
              bh.storage.AtomicInt64)
@@ -76,8 +76,10 @@ def skeleton(value: Any) -> tuple[Any, list[np.ndarray]]:
         if _bufferable(node):
             raw = raw_view(node)
             if isinstance(node, hist.Hist):
+                attrs = vars(node)  # .metadata warns (and will raise) when never set
                 slot = Slot(len(buffers), raw.shape, raw.dtype.str, tuple(node.axes),
-                            node.storage_type(), (node.name, node.label, node.metadata))
+                            node.storage_type(), (attrs.get("name"), attrs.get("label"),
+                                                  attrs.get("metadata")))
             else:
                 slot = Slot(len(buffers), raw.shape, raw.dtype.str)
             buffers.append(raw)
@@ -92,25 +94,31 @@ def skeleton(value: Any) -> tuple[Any, list[np.ndarray]]:
     return walk(value), buffers
 
 
-def fold_buffers(total: Any, other_skeleton: Any, receive: Callable[[Slot], np.ndarray]) -> Any:
-    """Add a sender's output into ``total``, receiving each buffer just when it is needed.
+Reader = Callable[[Slot, np.ndarray, bool], None]
+"""``read(slot, target, add)``: put the slot's data into ``target`` (a flat raw view), adding
+to what is there when ``add`` is true. Called in the slots' index order, once each."""
 
-    ``receive(slot)`` returns the buffer for ``slot``; it is added in place into the matching
-    histogram or array of ``total``, or fills the slot's template where ``total`` has
-    nothing at that place. Buffers are received in index order, as the sender sent them.
+
+def fold_buffers(total: Any, other_skeleton: Any, read: Reader) -> Any:
+    """Add a sender's output into ``total``, reading each buffer straight into place.
+
+    A buffer is added into the matching histogram or array of ``total`` (or fills a new one
+    where ``total`` has nothing at that place), piece by piece if ``read`` wants: no copy of
+    the sender's output is ever held whole. Buffers are read in index order, as sent.
     """
-    slots = sorted(_slots(other_skeleton), key=lambda s: s.index)
-    filled = {}
-    pending = iter(slots)
-    return _fold(total, other_skeleton, receive, filled, pending, "output")
+    expected = iter(range(sum(1 for _ in _slots(other_skeleton))))
+    return _fold(total, other_skeleton, read, expected, "output")
 
 
-def _fold(total: Any, other: Any, receive: Callable[[Slot], np.ndarray],
-          filled: dict[int, np.ndarray], pending: Iterator[Slot], path: str) -> Any:
+def _fold(total: Any, other: Any, read: Reader, expected: Iterator[int], path: str) -> Any:
     if isinstance(other, Slot):
-        incoming = _take(other, receive, filled, pending)
+        if next(expected) != other.index:
+            raise MergeError(f"{path}: buffers arrived out of order")
         if total is None:
-            return _materialise(other, incoming)
+            target = other.new_hist() if other.is_hist else np.empty(other.shape,
+                                                                     np.dtype(other.dtype))
+            read(other, raw_view(target), False)
+            return target
         if isinstance(total, hist.Hist):
             if not other.is_hist or total.axes != hist.axis.NamedAxesTuple(other.axes):
                 raise MergeError(f"{path}: histograms with different axes cannot be merged")
@@ -119,10 +127,10 @@ def _fold(total: Any, other: Any, receive: Callable[[Slot], np.ndarray],
         elif not isinstance(total, np.ndarray) or other.is_hist:
             raise MergeError(f"{path}: cannot merge {type(total).__name__} with a histogram")
         mine = raw_view(total)
-        if mine.shape != incoming.shape:
-            raise MergeError(f"{path}: arrays of shapes {mine.shape} and {incoming.shape} "
+        if mine.shape != tuple(other.shape) or mine.dtype != np.dtype(other.dtype):
+            raise MergeError(f"{path}: arrays of shapes {mine.shape} and {other.shape} "
                              "cannot be added")
-        mine += incoming
+        read(other, mine, True)
         return total
     if isinstance(other, Mapping):
         if total is None:
@@ -130,31 +138,12 @@ def _fold(total: Any, other: Any, receive: Callable[[Slot], np.ndarray],
         elif not isinstance(total, MutableMapping):
             raise MergeError(f"{path}: cannot merge {type(total).__name__} with a mapping")
         for key, item in other.items():
-            total[key] = _fold(total.get(key), item, receive, filled, pending,
-                               f"{path}[{key!r}]")
+            total[key] = _fold(total.get(key), item, read, expected, f"{path}[{key!r}]")
         return total
     try:
         return merge_values(total, other, in_place=True)
     except MergeError as err:
         raise MergeError(f"{path}: {err}") from None
-
-
-def _take(slot: Slot, receive: Callable[[Slot], np.ndarray], filled: dict[int, np.ndarray],
-          pending: Iterator[Slot]) -> np.ndarray:
-    # buffers arrive in index order; the skeleton is walked in insertion order, which is the
-    # same order they were created in, so this normally receives exactly the next one
-    while slot.index not in filled:
-        nxt = next(pending)
-        filled[nxt.index] = receive(nxt)
-    return filled.pop(slot.index)
-
-
-def _materialise(slot: Slot, buffer: np.ndarray) -> Any:
-    if not slot.is_hist:
-        return buffer
-    h = slot.new_hist()
-    raw_view(h)[...] = buffer
-    return h
 
 
 def _slots(node: Any) -> Iterator[Slot]:

@@ -40,8 +40,9 @@ __all__ = ["expand_inputs", "mpi_merge", "run_mpi_merge"]
 
 log = logging.getLogger(__name__)
 
-PIECE = 1 << 30
-"""Elements per MPI message: counts are 32-bit, and smaller pieces bound temporary memory."""
+PIECE = 1 << 21
+"""Elements per MPI message (16 MiB of float64): MPI counts are 32-bit, and small pieces keep
+the receiver's temporary memory to one piece."""
 
 _TAG_SKELETON, _TAG_BUFFER = 11, 12
 
@@ -83,16 +84,20 @@ def _send(comm: Any, value: Any, dest: int) -> None:
 def _receive_into(comm: Any, total: Any, source: int) -> Any:
     skel = comm.recv(source=source, tag=_TAG_SKELETON)
 
-    def receive(slot: Slot) -> np.ndarray:
-        buf = np.empty(slot.shape, dtype=np.dtype(slot.dtype))
-        for start in range(0, max(buf.size, 1), PIECE):
-            piece = buf[start:start + PIECE]
-            comm.Recv(piece, source=source, tag=_TAG_BUFFER)
-        return buf
+    def read(slot: Slot, target: np.ndarray, add: bool) -> None:
+        scratch = np.empty(min(PIECE, max(target.size, 1)), dtype=target.dtype) if add else None
+        for start in range(0, max(target.size, 1), PIECE):
+            segment = target[start:start + PIECE]
+            if scratch is None:
+                comm.Recv(segment, source=source, tag=_TAG_BUFFER)
+            else:
+                piece = scratch[:segment.size]
+                comm.Recv(piece, source=source, tag=_TAG_BUFFER)
+                segment += piece
 
     if skel is None:
         return total
-    return fold_buffers(total, skel, receive)
+    return fold_buffers(total, skel, read)
 
 
 def mpi_merge(inputs: Sequence[str | Path], output_path: str | Path | None = None,

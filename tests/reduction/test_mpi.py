@@ -59,8 +59,16 @@ def test_buffers_cover_histogram_storage_exactly():
     skel, buffers = skeleton(value)
     h = value["dataset0"]["pt"]
     assert any(np.shares_memory(b, raw_view(h)) for b in buffers)
-    rebuilt = fold_buffers(None, skel, lambda slot: buffers[slot.index].copy())
+    def read(slot, target, add):
+        if add:
+            target += buffers[slot.index]
+        else:
+            target[...] = buffers[slot.index]
+
+    rebuilt = fold_buffers(None, skel, read)
     assert_same(rebuilt, value)
+    doubled = fold_buffers(rebuilt, skel, read)
+    assert doubled["dataset0"]["pt"].sum().value == 2 * value["dataset0"]["pt"].sum().value
 
 
 def test_large_buffers_go_in_pieces(monkeypatch, tmp_path):

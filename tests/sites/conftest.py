@@ -52,6 +52,7 @@ def slurm_cluster():
     reason = _slurm_missing()
     if reason:
         pytest.skip(reason)
+    # short path: the munge socket lives in it (sockets have a ~100-character path limit)
     state = Path(tempfile.mkdtemp(prefix="coffea-hpc-slurm-"))
     script = ROOT / "scripts" / "local-slurm.sh"
     env = {**os.environ, "LOCAL_SLURM_PORT": os.environ.get("LOCAL_SLURM_PORT", "6917")}
@@ -63,6 +64,7 @@ def slurm_cluster():
     previous = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(state / "slurm.conf")
     try:
+        _wait_for_a_job_to_run(state)
         yield state
     finally:
         subprocess.run(["scancel", "--user", str(os.getuid())], check=False,
@@ -73,3 +75,34 @@ def slurm_cluster():
         else:
             os.environ["SLURM_CONF"] = previous
         shutil.rmtree(state, ignore_errors=True)
+
+
+def slurm_diagnosis(state: Path) -> str:
+    """What Slurm says about its node, its queue and itself, for failure messages."""
+    parts = []
+    for cmd in (["sinfo", "-N", "-o", "%N %T %C %m %E"], ["squeue", "-o", "%i %T %R"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        parts.append(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+    for log in ("slurmctld.log", "slurmd.log"):
+        path = state / "log" / log
+        if path.exists():
+            parts.append(f"--- {log}\n" + "\n".join(path.read_text().splitlines()[-15:]))
+    return "\n".join(parts)
+
+
+def _wait_for_a_job_to_run(state: Path, timeout: float = 60) -> None:
+    """Fail fast, with Slurm's own explanation, if the cluster cannot run a job."""
+    import time
+
+    proc = subprocess.run(["sbatch", "--parsable", "--wrap", "true", "-o", "/dev/null"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"sbatch failed: {proc.stderr}\n{slurm_diagnosis(state)}")
+    job = proc.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queue = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True)
+        if not queue.stdout.strip():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"a trivial job did not run within {timeout:.0f} s\n{slurm_diagnosis(state)}")

@@ -21,6 +21,7 @@ from coffea_hpc.sites import resolve_site
 from coffea_hpc.sites.check import check_site
 from coffea_hpc.sites.submit import job_record, render_job, status
 from tests.helpers import assert_same
+from tests.sites.conftest import slurm_diagnosis
 
 pytestmark = pytest.mark.slurm
 
@@ -50,7 +51,7 @@ def test_run_with_pilot_jobs_through_parsls_slurm_provider(slurm_cluster, filese
     code = main(["run", "coffea_hpc.examples.dimuon:DimuonProcessor", "-f", str(fileset_path),
                  "-o", str(tmp_path), "--site", "local-slurm", "--chunksize", "1500"])
     text = capsys.readouterr()
-    assert code == 0, text.err[-3000:]
+    assert code == 0, text.err[-3000:] + slurm_diagnosis(slurm_cluster)
     assert_same(load(tmp_path / "output.coffea"), local_output)
     # the pilot job ran under Slurm, and is gone once the run is over
     scripts = [p for p in (tmp_path / "parsl").rglob("submit_scripts/parsl.*")
@@ -100,7 +101,8 @@ def test_the_doctor_passes_on_a_working_site(slurm_cluster, tmp_path):
     checks = check_site(resolve_site("local-slurm"), tmp_path, timeout=120)
     assert [c.name for c in checks] == ["scheduler commands", "account and queue",
                                         "interchange address", "worker probe", "versions"]
-    assert all(c.ok for c in checks), [(c.name, c.detail) for c in checks]
+    assert all(c.ok for c in checks), ([(c.name, c.detail) for c in checks],
+                                       slurm_diagnosis(slurm_cluster))
 
 
 def test_the_doctor_names_a_refused_partition(slurm_cluster, tmp_path):

@@ -45,7 +45,7 @@ start() {
          --seed-file="$dir/munge/munged.seed"
 
   host=$(hostname -s)
-  cpus=$(nproc)
+  cpus=$(getconf _NPROCESSORS_ONLN)  # not nproc: it follows OMP_NUM_THREADS and affinity
   mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
   port=${LOCAL_SLURM_PORT:-6817}
   cat > "$dir/slurm.conf" <<CONF

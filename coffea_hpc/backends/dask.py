@@ -40,14 +40,21 @@ class DaskBackend(PoolBackend):
         if self._address is not None:
             self._client = distributed.Client(self._address)
             return
-        self._cluster = distributed.LocalCluster(
-            n_workers=self._n,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
+        saved = dict(os.environ)
+        try:
+            self._cluster = distributed.LocalCluster(
+                n_workers=self._n,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+        finally:
+            # distributed sets OMP_NUM_THREADS=1 (and friends) for its workers in *this*
+            # process's environment and leaves them; every later subprocess would inherit them
+            os.environ.clear()
+            os.environ.update(saved)
         self._client = distributed.Client(self._cluster)
 
     def _close(self) -> None:

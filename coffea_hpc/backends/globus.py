@@ -11,6 +11,15 @@ service in the middle, and its limits:
   the final output comes back only if it fits — otherwise the run reports where it is;
 - the endpoint must run the same software: the first task compares Python and package
   versions with the laptop's and stops the run, naming what differs;
+- a submission request has a payload limit, and a refused request stops the SDK's executor
+  for good: tasks are measured as they are submitted and the executor's batch size lowered
+  so that a full batch of the heaviest task seen stays under half the limit (the other half
+  absorbs the serializers' differences); a task that alone exceeds that is refused here,
+  saying what to do instead;
+- a task can be lost (an endpoint restarted, a result that never came back): when the
+  endpoint has answered nothing for ``task_timeout`` seconds, what it still owes fails and
+  the error policy retries it (a fixed deadline per task would fail the thousands of tasks
+  that simply wait their turn in a long run);
 - credentials are the SDK's own (its login flow and token storage); nothing here reads,
   prints or logs a token.
 """
@@ -31,19 +40,36 @@ import cloudpickle
 
 from coffea_hpc.backends._base import PoolBackend
 from coffea_hpc.backends.protocol import WorkElement
-from coffea_hpc.errors import RemoteEnvironmentError
+from coffea_hpc.errors import RemoteEnvironmentError, UserError
 from coffea_hpc.extras import require
 from coffea_hpc.output import RemoteOutput
 from coffea_hpc.processing.result import Result
 
-__all__ = ["DEFAULT_MAX_RESULT_BYTES", "GlobusBackend", "ensure_logged_in"]
+__all__ = ["DEFAULT_MAX_RESULT_BYTES", "GlobusBackend", "ServiceLimitError", "TaskLost",
+           "ensure_logged_in"]
 
 log = logging.getLogger(__name__)
+
+MB = 1000**2
 
 DEFAULT_MAX_RESULT_BYTES = 4 * 1024**2
 """Below the per-task result limit the service documents (the smallest published is 5 MB)."""
 
-VERSIONS_THAT_MUST_MATCH = ("python", "coffea-hpc", "coffea", "awkward", "uproot")
+DEFAULT_MAX_REQUEST_BYTES = 10 * MB
+"""The payload limit of one submission request, as the service documents it today."""
+
+VERSIONS_THAT_MUST_MATCH = ("python", "coffea-hpc", "coffea", "awkward", "uproot", "cloudpickle")
+"""Python's minor version and the packages whose objects travel between the two sides."""
+
+
+class ServiceLimitError(UserError):
+    """A task that cannot fit the service's request limit whatever the batching."""
+
+
+def wire_size(obj: Any) -> int:
+    """Bytes ``obj`` takes on its way through the service: pickled, then base64-encoded."""
+    encoded = 4 * ((len(cloudpickle.dumps(obj)) + 2) // 3)
+    return encoded + encoded // 76 + 1
 
 
 # -- what runs on the endpoint ------------------------------------------------------------
@@ -141,6 +167,7 @@ class GlobusBackend(PoolBackend):
         remote_dir: str = "~/coffea-hpc",
         workers: int = 64,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         batch_size: int = 64,
         api_burst_limit: int = 4,
         api_burst_window_s: int = 16,
@@ -152,9 +179,10 @@ class GlobusBackend(PoolBackend):
         """``executor_factory(endpoint_id=..., **options)`` makes the executor; by default the
         SDK's ``Executor`` with the stored login. ``remote_dir`` is on the endpoint.
 
-        ``task_timeout``: a task without an answer after this many seconds counts as lost
-        (an endpoint restarted, a result that never made it back) and fails, so the error
-        policy retries it instead of the run waiting forever.
+        ``task_timeout``: once the endpoint has answered nothing for this many seconds,
+        the tasks it still owes (each submitted at least that long ago) count as lost and
+        fail, so the error policy retries them instead of the run waiting forever.
+        ``max_request_bytes``: the service's payload limit per submission request.
         """
         super().__init__()
         if not endpoint_id:
@@ -165,6 +193,10 @@ class GlobusBackend(PoolBackend):
         self._run_dir = self.remote_storage
         self._workers = workers
         self.max_result_bytes = max_result_bytes
+        self._batch_size = batch_size
+        self._request_budget = max_request_bytes // 2
+        self._max_request_bytes = max_request_bytes
+        self._heaviest = 0
         self._options = {"batch_size": batch_size, "api_burst_limit": api_burst_limit,
                          "api_burst_window_s": api_burst_window_s}
         if user_endpoint_config:
@@ -200,9 +232,28 @@ class GlobusBackend(PoolBackend):
             self._executor.submit(remote_delete, paths)
 
     def submit(self, element: WorkElement) -> Future:
-        future = self._executor.submit(run_capped, element, self._run_dir,
-                                       self.max_result_bytes)
+        args = (element, self._run_dir, self.max_result_bytes)
+        self._fit_batches(wire_size(args), element)
+        future = self._executor.submit(run_capped, *args)
         return self._watchdog.watch(future) if self._watchdog else future
+
+    def _fit_batches(self, size: int, element: WorkElement) -> None:
+        """Lower the executor's batch size so that a full batch of the heaviest task seen
+        stays within half the request limit (the SDK reads it afresh for every batch)."""
+        if size <= self._heaviest:
+            return
+        if size > self._request_budget:
+            raise ServiceLimitError(
+                f"a {type(element).__name__} task takes {size / MB:.1f} MB on its way to the "
+                f"endpoint, and the service takes at most {self._max_request_bytes / MB:.0f} MB "
+                "per request (coffea-hpc keeps a task under half of that): the processor and "
+                "everything it holds travel with every task, so load large inputs "
+                "(corrections, models) on the workers from files on the endpoint's storage")
+        self._heaviest = size
+        batch = max(1, min(self._batch_size, self._request_budget // size))
+        if batch != getattr(self._executor, "batch_size", batch):
+            log.info("tasks of %.2f MB: at most %d per submission request", size / MB, batch)
+            self._executor.batch_size = batch
 
     def finish(self, value: Any, processor: Any) -> Any:
         """Resolve spilled partials on the endpoint (see `remote_finish`)."""
@@ -248,38 +299,32 @@ class GlobusBackend(PoolBackend):
 
 
 class TaskLost(RuntimeError):
-    """A remote task that gave no answer in time."""
+    """A remote task that was never answered."""
 
 
 class _Watchdog:
-    """Fails futures that stay unanswered longer than ``timeout`` seconds."""
+    """Wraps futures; fails those still unanswered when the endpoint goes quiet."""
 
     def __init__(self, timeout: float) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
         self.timeout = timeout
         self._pending: list[tuple[float, Future, Future]] = []
+        self._last_answer = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def watch(self, inner: Future) -> Future:
         outer: Future = Future()
-
-        def relay(done: Future) -> None:
-            with contextlib.suppress(InvalidStateError):  # the watchdog answered first
-                if done.cancelled():
-                    outer.cancel()
-                elif done.exception() is not None:
-                    outer.set_exception(done.exception())
-                else:
-                    outer.set_result(done.result())
-
         with self._lock:
-            self._pending.append((time.monotonic() + self.timeout, inner, outer))
-        inner.add_done_callback(relay)
+            self._pending.append((time.monotonic(), inner, outer))
+        inner.add_done_callback(lambda done: self._answered(done, outer))
         return outer
 
     def start(self) -> None:
         self._stop.clear()
+        self._last_answer = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="coffea-hpc-globus-watchdog",
                                         daemon=True)
         self._thread.start()
@@ -288,16 +333,30 @@ class _Watchdog:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            self._thread = None
+
+    def _answered(self, inner: Future, outer: Future) -> None:
+        self._last_answer = time.monotonic()
+        with contextlib.suppress(InvalidStateError):  # the watchdog answered first
+            if inner.cancelled():
+                outer.cancel()
+            elif inner.exception() is not None:
+                outer.set_exception(inner.exception())  # type: ignore[arg-type]
+            else:
+                outer.set_result(inner.result())
 
     def _run(self) -> None:
         while not self._stop.wait(min(1.0, self.timeout / 4)):
             now = time.monotonic()
             with self._lock:
-                late = [(i, o) for d, i, o in self._pending if d <= now and not o.done()]
-                self._pending = [(d, i, o) for d, i, o in self._pending
-                                 if d > now and not o.done()]
-            for inner, outer in late:
+                self._pending = [p for p in self._pending if not p[2].done()]
+                if now - self._last_answer < self.timeout:
+                    continue
+                lost = [p for p in self._pending if now - p[0] >= self.timeout]
+                self._pending = [p for p in self._pending if now - p[0] < self.timeout]
+            for _, inner, outer in lost:
                 with contextlib.suppress(InvalidStateError):  # the answer came just now
                     outer.set_exception(TaskLost(
-                        f"no answer from the endpoint after {self.timeout:.0f} s"))
+                        f"no answer from the endpoint for {self.timeout:.0f} s while it "
+                        "answered nothing else either (endpoint restarted, result lost)"))
                 inner.cancel()  # after: its cancellation must not read as the answer

@@ -25,7 +25,7 @@ from coffea_hpc.sites.submit import SCHEDULERS
 
 __all__ = ["Check", "check_site", "environment_versions"]
 
-_PACKAGES = ("parsl", "coffea", "coffea-hpc", "awkward", "uproot")
+_PACKAGES = ("parsl", "coffea", "coffea-hpc", "awkward", "uproot", "cloudpickle")
 
 
 @dataclass(frozen=True)

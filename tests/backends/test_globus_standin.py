@@ -7,13 +7,16 @@ service's batch, rate, payload and result limits; the live procedure is in docs/
 
 from __future__ import annotations
 
+import os
+import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 import yaml
 
 from coffea_hpc.backends import ErrorPolicy
-from coffea_hpc.backends.globus import GlobusBackend, ensure_logged_in
+from coffea_hpc.backends.globus import GlobusBackend, TaskLost, _Watchdog, ensure_logged_in
 from coffea_hpc.errors import ChunkFailedError, RemoteEnvironmentError
 from coffea_hpc.examples.dimuon import DimuonProcessor
 from coffea_hpc.output import load
@@ -136,6 +139,51 @@ def test_standin_payloads_over_the_limit_fail_clearly(fileset, tmp_path):
     backend = _backend(tmp_path, [], max_payload_bytes=500)
     with pytest.raises(ChunkFailedError, match=r"payload of .* bytes exceeds"):
         run(DimuonProcessor(), fileset, backend=backend, policy=ErrorPolicy(max_retries=0))
+
+
+def _heavy_processor(ballast_bytes: int) -> DimuonProcessor:
+    processor = DimuonProcessor()
+    processor.ballast = os.urandom(ballast_bytes)  # corrections, a model: travels by value
+    return processor
+
+
+def test_standin_heavy_processors_go_in_batches_the_service_accepts(fileset, expected,
+                                                                    tmp_path):
+    """Twelve 60 kB chunk tasks in one default batch would be refused (600 kB limit)."""
+    executors: list[StandInExecutor] = []
+    backend = _backend(tmp_path, executors, max_payload_bytes=600_000,
+                       max_request_bytes=600_000)
+    outcome = run(_heavy_processor(60_000), fileset, backend=backend, chunksize=1_000,
+                  chunks_per_task=1)
+    assert_same(outcome.output, expected)
+    calls = executors[0].calls
+    assert max(c.payload_bytes for c in calls) <= 600_000
+    assert max(c.tasks for c in calls) < 12
+
+
+def test_standin_a_task_over_any_request_limit_is_refused_with_advice(fileset, tmp_path):
+    backend = _backend(tmp_path, [], max_payload_bytes=600_000, max_request_bytes=600_000)
+    with pytest.raises(ChunkFailedError, match="load large inputs"):
+        run(_heavy_processor(400_000), fileset, backend=backend, chunksize=1_000,
+            policy=ErrorPolicy(max_retries=0))
+
+
+def test_watchdog_spares_tasks_that_wait_while_the_endpoint_answers():
+    watchdog = _Watchdog(0.5)
+    watchdog.start()
+    try:
+        waiting = Future()
+        watched = watchdog.watch(waiting)
+        others = [Future() for _ in range(6)]
+        for future in [watchdog.watch(f) and f for f in others]:
+            time.sleep(0.2)  # answers keep coming for 1.2 s, over twice the timeout
+            future.set_result(None)
+        assert not watched.done()
+        with pytest.raises(TaskLost, match="answered nothing else"):
+            watched.result(timeout=3)  # once the endpoint falls silent, it is lost
+        assert waiting.cancelled()
+    finally:
+        watchdog.stop()
 
 
 def test_missing_login_is_one_line(tmp_path, monkeypatch):

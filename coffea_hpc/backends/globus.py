@@ -194,7 +194,6 @@ class GlobusBackend(PoolBackend):
         self._workers = workers
         self.max_result_bytes = max_result_bytes
         self._batch_size = batch_size
-        self._request_budget = max_request_bytes // 2
         self._max_request_bytes = max_request_bytes
         self._heaviest = 0
         self._options = {"batch_size": batch_size, "api_burst_limit": api_burst_limit,
@@ -242,7 +241,8 @@ class GlobusBackend(PoolBackend):
         stays within half the request limit (the SDK reads it afresh for every batch)."""
         if size <= self._heaviest:
             return
-        if size > self._request_budget:
+        budget = self._max_request_bytes // 2
+        if size > budget:
             raise ServiceLimitError(
                 f"a {type(element).__name__} task takes {size / MB:.1f} MB on its way to the "
                 f"endpoint, and the service takes at most {self._max_request_bytes / MB:.0f} MB "
@@ -250,7 +250,7 @@ class GlobusBackend(PoolBackend):
                 "everything it holds travel with every task, so load large inputs "
                 "(corrections, models) on the workers from files on the endpoint's storage")
         self._heaviest = size
-        batch = max(1, min(self._batch_size, self._request_budget // size))
+        batch = max(1, min(self._batch_size, budget // size))
         if batch != getattr(self._executor, "batch_size", batch):
             log.info("tasks of %.2f MB: at most %d per submission request", size / MB, batch)
             self._executor.batch_size = batch

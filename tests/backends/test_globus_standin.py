@@ -175,7 +175,9 @@ def test_watchdog_spares_tasks_that_wait_while_the_endpoint_answers():
         waiting = Future()
         watched = watchdog.watch(waiting)
         others = [Future() for _ in range(6)]
-        for future in [watchdog.watch(f) and f for f in others]:
+        for future in others:
+            watchdog.watch(future)
+        for future in others:
             time.sleep(0.2)  # answers keep coming for 1.2 s, over twice the timeout
             future.set_result(None)
         assert not watched.done()

@@ -54,12 +54,32 @@ def save(obj: Any, path: str | Path) -> Path:
         # fsspec); written here directly because importing coffea.util (awkward, uproot,
         # fsspec) costs ~0.6 s in every merge task and MPI rank
         with lz4.frame.open(tmp, "wb") as out:
-            cloudpickle.dump(obj, out)
+            cloudpickle.dump(obj, _SlicedWriter(out))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+class _SlicedWriter:
+    """Hands a file big writes in slices.
+
+    Pickle writes a histogram's storage in one call; lz4 would compress it into one block
+    as large again, so saving a GB-scale output would cost another GB of memory. Slices keep
+    that to a few MiB; what the file holds is the same.
+    """
+
+    _SLICE = 4 * 1024**2
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), self._SLICE):
+            self._out.write(view[start:start + self._SLICE])
+        return len(view)
 
 
 def load(path: str | Path) -> Any:

@@ -140,7 +140,9 @@ def mpi_merge(inputs: Sequence[str | Path], output_path: str | Path | None = Non
     stats.extra["baseline_rss_per_rank"] = [row[3] for row in every]
     stats.peak_rss_bytes = max(row[1] for row in every)
     if output_path is not None:
-        output.save(total, output_path)
+        output.save(total, output_path)  # pickling a histogram copies its storage once
+        stats.extra["peak_rss_per_rank"][0] = peak_rss()
+        stats.peak_rss_bytes = max(stats.extra["peak_rss_per_rank"])
     stats.wall_time_s = time.perf_counter() - started
     return total, stats
 

@@ -50,6 +50,34 @@ def test_spill_round_trip_is_private(tmp_path):
     assert serialized_size(value) > 400 * 12 * 5 * 16
 
 
+def test_spilled_buffers_longer_than_a_piece_come_back_whole(monkeypatch, tmp_path):
+    """Buffers are written in pieces; shrink the piece so one array spans several, unevenly."""
+    import numpy as np
+
+    from coffea_hpc.reduction import _spillfile
+
+    monkeypatch.setattr(_spillfile, "_PIECE", 24)  # 3 float64 per piece
+    value = {**synthetic_partial(0), "a": np.arange(10, dtype=np.float64),
+             "b": np.arange(7, dtype=np.int64)}
+    path = tmp_path / f"x{_spillfile.SPILL_SUFFIX}"
+    _spillfile.write_spill_file(value, path)
+    assert_same(_spillfile.read_spill_file(path), value)
+    doubled = _spillfile.fold_spill_file(_spillfile.read_spill_file(path), path)
+    assert_same(doubled, merge_serial([value, value]))
+
+
+def test_a_truncated_spill_file_is_an_error_not_a_short_sum(tmp_path):
+    import numpy as np
+
+    from coffea_hpc.reduction import _spillfile
+
+    path = tmp_path / f"x{_spillfile.SPILL_SUFFIX}"
+    _spillfile.write_spill_file({"a": np.arange(1000.0)}, path)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="truncated"):
+        _spillfile.read_spill_file(path)
+
+
 def test_references_add_up_with_values(tmp_path):
     a, b = synthetic_partial(1), synthetic_partial(2)
     ref = spill(a, tmp_path)

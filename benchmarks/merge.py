@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -64,14 +63,14 @@ def _rss() -> int:
 def method_serial(paths: list[Path], out: Path) -> dict:
     """One process streams every partial into one sum (what a driver can do at best)."""
     from coffea_hpc import output
-    from coffea_hpc.reduction.merge import merge_stream
+    from coffea_hpc.reduction.merge import merge_stream, peak_rss
 
     base = _rss()
     start = time.perf_counter()
     total = merge_stream(paths)
     output.save(total, out)
     wall = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     return {"wall_s": wall, "peak_above_base_mb": (peak - base) / 1e6}
 
 
@@ -80,6 +79,7 @@ def method_naive(paths: list[Path], out: Path) -> dict:
     from coffea.processor import accumulate
 
     from coffea_hpc import output
+    from coffea_hpc.reduction.merge import peak_rss
     from coffea_hpc.reduction.spill import load_spilled
 
     base = _rss()
@@ -88,7 +88,7 @@ def method_naive(paths: list[Path], out: Path) -> dict:
     total = accumulate(values)
     output.save(total, out)
     wall = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     return {"wall_s": wall, "peak_above_base_mb": (peak - base) / 1e6}
 
 

@@ -29,7 +29,18 @@ log = logging.getLogger(__name__)
 
 
 def peak_rss() -> int:
-    """This process's peak resident memory so far, in bytes."""
+    """This process's peak resident memory so far, in bytes.
+
+    On Linux it is read from ``/proc/self/status`` (VmHWM): ``ru_maxrss`` of a process
+    started by ``subprocess`` (vfork, then exec) begins at its *parent's* resident size, so
+    a merge launched from a large driver would report the driver's memory as its own.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 

@@ -110,8 +110,10 @@ def _reuse_piece_memory() -> None:
 
 def _read_block(src: BinaryIO) -> bytes:
     head = src.read(_LEN.size)
-    data = src.read(_LEN.unpack(head)[0]) if len(head) == _LEN.size else b""
-    if len(head) != _LEN.size or len(data) != _LEN.unpack(head)[0]:
-        raise ValueError(f"{src.name}: truncated spill file")
-    return data
+    if len(head) == _LEN.size:
+        (size,) = _LEN.unpack(head)
+        data = src.read(size)
+        if len(data) == size:
+            return data
+    raise ValueError(f"{src.name}: truncated spill file")
 

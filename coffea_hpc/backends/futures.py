@@ -77,11 +77,17 @@ class FuturesBackend(PoolBackend):
         with self._lock:
             pool = self._live_pool()
             inner = pool.submit(_run_tracked, element, self._scratch, token)
+            # the pool's own table of its processes: shutting a broken pool down (as the
+            # first of its failed elements to be resubmitted does) unbinds the attribute, and
+            # the remaining elements must still be told apart
+            processes = getattr(pool, "_processes", None)
+        if processes is None:
+            processes = {}
         inner.add_done_callback(
-            lambda f: self._settle(f, pool, element, outer, token, free)
+            lambda f: self._settle(f, processes, element, outer, token, free)
         )
 
-    def _settle(self, inner: Future, pool: ProcessPoolExecutor, element: WorkElement,
+    def _settle(self, inner: Future, processes: dict[int, Any], element: WorkElement,
                 outer: Future, token: int, free: int) -> None:
         if outer.cancelled():
             return
@@ -95,7 +101,7 @@ class FuturesBackend(PoolBackend):
         if not isinstance(exc, BrokenProcessPool) or not self._started:
             outer.set_exception(exc)
             return
-        culprit = self._died_running(pool, token)
+        culprit = self._died_running(processes, token)
         if culprit is not None or free <= 0:
             outer.set_exception(WorkerDied(
                 f"the worker process{f' (pid {culprit})' if culprit else ''} running this "
@@ -106,7 +112,7 @@ class FuturesBackend(PoolBackend):
         except Exception as err:  # the backend is closing
             outer.set_exception(err)
 
-    def _died_running(self, pool: ProcessPoolExecutor, token: int) -> int | None:
+    def _died_running(self, processes: dict[int, Any], token: int) -> int | None:
         """The pid of the dead process if it was running ``token``, else None.
 
         ``concurrent.futures`` fails the futures before it terminates the surviving workers,
@@ -118,7 +124,6 @@ class FuturesBackend(PoolBackend):
         except (OSError, ValueError):
             return None  # never started: innocent
         note.unlink(missing_ok=True)
-        processes = getattr(pool, "_processes", None) or {}
         proc = processes.get(pid)
         if proc is None or proc.exitcode is not None:
             return pid

@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from coffea_hpc.data.fileset import File, Fileset
+if TYPE_CHECKING:  # workers unpickle chunks; the fileset model (pydantic) costs them 0.25 s
+    from coffea_hpc.data.fileset import File, Fileset
 
 __all__ = ["Chunk", "ChunkKey", "aligned_steps", "chunks_of", "even_steps"]
 

@@ -2,12 +2,15 @@
 
     python benchmarks/throughput.py            # the recorded run (see RESULTS.md)
     python benchmarks/throughput.py --quick    # a one-minute smoke run on small files
+    python benchmarks/throughput.py --repeat 3 --analyses light   # medians of 3 rounds
 
 Data: synthetic NanoAOD with the real branch count (~1,700 branches) and LZMA compression
 (`coffea_hpc.data.synthetic`, profile "nanoaod"), cached under .bench/. Every measurement runs
-in a fresh process (imports are not timed, the run itself is: preprocessing, processing,
-merging), one after the other on the same files. Outputs are compared: coffea-hpc's cut flow
-must equal the Runner's, so a fast but wrong result cannot pass.
+in a fresh process, one after the other on the same files. Imports are not timed (Parsl's
+neither, which coffea-hpc imports only when a Parsl backend starts); the run itself is:
+preprocessing, processing, merging, and for Parsl starting and stopping the pool. Outputs are
+compared: coffea-hpc's cut flow must equal the Runner's, so a fast but wrong result cannot
+pass.
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ def measure(method: str, analysis: str, workers: int, spec: dict, chunksize: int
     from coffea_hpc.runner import run
 
     backend = method.removeprefix("coffea-hpc-")
+    if backend == "parsl":  # imported lazily by the backend; imports are not timed
+        import parsl  # noqa: F401
     start = time.perf_counter()
     outcome = run(proc, spec, backend=backend, workers=workers, chunksize=chunksize,
                   output_dir=None if backend != "parsl" else
@@ -188,6 +193,9 @@ def main() -> None:
     parser.add_argument("--chunksize", type=int, default=5_000)
     parser.add_argument("--quick", action="store_true", help="small files, light analysis")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds over all contenders (interleaved); medians are reported")
+    parser.add_argument("--analyses", default=None, help="comma-separated: light,heavy")
     parser.add_argument("--overhead-only", action="store_true",
                         help="only the per-chunk event-building micro-benchmark")
     parser.add_argument("--_one", help=argparse.SUPPRESS)
@@ -218,44 +226,59 @@ def main() -> None:
                       for k, v in report["chunk_overhead"].items()))
     if args.overhead_only:
         return
-    analyses = ["light"] if args.quick else ["light", "heavy"]
+    analyses = (args.analyses.split(",") if args.analyses
+                else ["light"] if args.quick else ["light", "heavy"])
     plan = [("bare-uproot", 1), *PLAN]
     for analysis in analyses:
-        rows = {}
-        for method, workers in plan:
-            if method == "bare-uproot" and analysis != "light":
-                continue
-            proc = subprocess.run(
-                [sys.executable, __file__, "--_one", method, "--_analysis", analysis,
-                 "--_workers", str(workers), "--_spec", str(spec_path),
-                 "--chunksize", str(args.chunksize)],
-                capture_output=True, text=True, cwd=ROOT)
-            if proc.returncode != 0:
-                print(f"{analysis} {method} x{workers}: failed\n{proc.stderr[-3000:]}")
-                continue
-            res = json.loads(proc.stdout.strip().splitlines()[-1])
-            res["events_per_s"] = events / res["wall_s"]
-            rows[f"{method} x{workers}"] = res
-            extra = (f"  build {res['build_per_chunk_s'] * 1e3:.0f} ms/chunk, process "
-                     f"{res['process_per_chunk_s'] * 1e3:.0f} ms/chunk"
-                     if "build_per_chunk_s" in res else "")
-            print(f"{analysis:>5} {method:>22} x{workers}: {res['wall_s']:7.2f} s "
-                  f"{res['events_per_s']:9.0f} ev/s{extra}", flush=True)
-        _check(rows, analysis)
-        _ratios(rows, analysis)
+        runs: dict[str, list[dict]] = {}
+        for round_ in range(args.repeat):  # interleaved, so a slow spell hits every contender
+            for method, workers in plan:
+                if method == "bare-uproot" and analysis != "light":
+                    continue
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--_one", method, "--_analysis", analysis,
+                     "--_workers", str(workers), "--_spec", str(spec_path),
+                     "--chunksize", str(args.chunksize)],
+                    capture_output=True, text=True, cwd=ROOT)
+                if proc.returncode != 0:
+                    print(f"{analysis} {method} x{workers}: failed\n{proc.stderr[-3000:]}")
+                    continue
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
+                res["events_per_s"] = events / res["wall_s"]
+                runs.setdefault(f"{method} x{workers}", []).append(res)
+                extra = (f"  build {res['build_per_chunk_s'] * 1e3:.0f} ms/chunk, process "
+                         f"{res['process_per_chunk_s'] * 1e3:.0f} ms/chunk"
+                         if "build_per_chunk_s" in res else "")
+                tag = f" [round {round_ + 1}]" if args.repeat > 1 else ""
+                print(f"{analysis:>5} {method:>22} x{workers}: {res['wall_s']:7.2f} s "
+                      f"{res['events_per_s']:9.0f} ev/s{extra}{tag}", flush=True)
+        rows = {name: _median_run(results) for name, results in runs.items()}
+        _check(runs, analysis)
+        _ratios(rows, analysis, args.repeat)
         report["results"][analysis] = rows
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 
 
-def _check(rows: dict, analysis: str) -> None:
-    digests = {name: json.dumps(r["digest"], sort_keys=True) for name, r in rows.items()}
-    reference = digests.get("runner-iterative x1")
-    bad = [name for name, d in digests.items() if reference and d != reference]
+def _median_run(results: list[dict]) -> dict:
+    """The run with the median wall time (the lower middle one for an even count), with
+    every round's wall time beside it."""
+    ordered = sorted(results, key=lambda r: r["wall_s"])
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    row["walls_s"] = [round(r["wall_s"], 2) for r in results]
+    return row
+
+
+def _check(runs: dict[str, list[dict]], analysis: str) -> None:
+    """Every round of every contender must give the Runner's output."""
+    reference = runs.get("runner-iterative x1", [{}])[0].get("digest")
+    digest = json.dumps(reference, sort_keys=True)
+    bad = [name for name, results in runs.items() if reference is not None
+           and any(json.dumps(r["digest"], sort_keys=True) != digest for r in results)]
     print(f"{analysis}: outputs {'agree' if not bad else 'DIFFER: ' + ', '.join(bad)}")
 
 
-def _ratios(rows: dict, analysis: str) -> None:
+def _ratios(rows: dict, analysis: str, repeat: int) -> None:
     def rate(name: str) -> float | None:
         return rows[name]["events_per_s"] if name in rows else None
 
@@ -267,7 +290,12 @@ def _ratios(rows: dict, analysis: str) -> None:
     for ours, theirs in pairs:
         a, b = rate(ours), rate(theirs)
         if a and b:
-            print(f"{analysis}: {ours} / {theirs} = {a / b:.2f}")
+            spread = ""
+            if repeat > 1:  # every round's own ratio, for how much the machine varied
+                per_round = [t / o for o, t in zip(rows[ours]["walls_s"],
+                                                   rows[theirs]["walls_s"], strict=False)]
+                spread = f"  (rounds: {', '.join(f'{r:.2f}' for r in per_round)})"
+            print(f"{analysis}: {ours} / {theirs} = {a / b:.2f}{spread}")
 
 
 if __name__ == "__main__":

@@ -291,9 +291,10 @@ def _ratios(rows: dict, analysis: str, repeat: int) -> None:
         a, b = rate(ours), rate(theirs)
         if a and b:
             spread = ""
-            if repeat > 1:  # every round's own ratio, for how much the machine varied
-                per_round = [t / o for o, t in zip(rows[ours]["walls_s"],
-                                                   rows[theirs]["walls_s"], strict=False)]
+            ours_walls, theirs_walls = rows[ours]["walls_s"], rows[theirs]["walls_s"]
+            # every round's own ratio, for how much the machine varied (when no round failed)
+            if repeat > 1 and len(ours_walls) == len(theirs_walls) == repeat:
+                per_round = [t / o for o, t in zip(ours_walls, theirs_walls, strict=True)]
                 spread = f"  (rounds: {', '.join(f'{r:.2f}' for r in per_round)})"
             print(f"{analysis}: {ours} / {theirs} = {a / b:.2f}{spread}")
 

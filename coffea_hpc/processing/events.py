@@ -22,11 +22,12 @@ from coffea.nanoevents import NanoEventsFactory
 from coffea.nanoevents.mapping.uproot import TrivialUprootOpener, UprootSourceMapping
 from coffea.nanoevents.schemas.base import BaseSchema
 from coffea.nanoevents.util import tuple_to_key
+from uproot.models.TTree import Model_TTree_NumEntries
 
 from coffea_hpc.data.chunks import Chunk
 from coffea_hpc.errors import FilesetError
 
-__all__ = ["BadFileError", "EventsBuilder", "open_tree"]
+__all__ = ["BadFileError", "EventsBuilder", "open_tree", "read_tree_header"]
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,53 @@ class BadFileError(OSError):
 
 def open_tree(path: str, treename: str, uproot_options: dict[str, Any] | None = None) -> Any:
     """Open ``path`` and return its tree, with one-line errors for the usual failures."""
+    handle = _open_file(path, uproot_options)
+    return _get_tree(handle, path, treename, uproot.behaviors.TTree.TTree)
+
+
+def read_tree_header(
+    path: str, treename: str, uproot_options: dict[str, Any] | None = None
+) -> tuple[int, str]:
+    """The tree's entry count and the file's uuid, without reading the tree's branches.
+
+    Chunking needs only these two numbers, but reading a tree the usual way deserialises
+    every TBranch: about 0.8 s for NanoAOD's ~1,700 branches against a few milliseconds for
+    the header, with uproot's own reader for ``uproot.num_entries``. Trees that reader cannot
+    handle (memberwise streaming) are read the usual way.
+    """
+    options = dict(uproot_options or {})
+    options["custom_classes"] = {**uproot.classes, "TTree": Model_TTree_NumEntries}
+    handle = _open_file(path, options)
     try:
-        handle = uproot.open(path, **(uproot_options or {}))
+        header = _get_tree(handle, path, treename, Model_TTree_NumEntries)
+        return int(header.all_members["fEntries"][0]), str(handle.file.uuid)
+    except NotImplementedError:
+        pass
+    finally:
+        handle.close()
+    return _header_from_tree(path, treename, uproot_options)
+
+
+def _header_from_tree(
+    path: str, treename: str, uproot_options: dict[str, Any] | None
+) -> tuple[int, str]:
+    tree = open_tree(path, treename, uproot_options)
+    try:
+        return int(tree.num_entries), str(tree.file.uuid)
+    finally:
+        tree.file.close()
+
+
+def _open_file(path: str, uproot_options: dict[str, Any] | None) -> Any:
+    try:
+        return uproot.open(path, **(uproot_options or {}))
     except FileNotFoundError:
         raise BadFileError(f"cannot open {path!r}: no such file") from None
     except Exception as err:
         raise BadFileError(f"cannot open {path!r}: {type(err).__name__}: {err}") from None
+
+
+def _get_tree(handle: Any, path: str, treename: str, kind: type) -> Any:
     try:
         tree = handle[treename]
     except KeyError:
@@ -54,7 +96,7 @@ def open_tree(path: str, treename: str, uproot_options: dict[str, Any] | None = 
         raise BadFileError(
             f"{path!r} has no tree {treename!r} (it has: {', '.join(present) or 'nothing'})"
         ) from None
-    if not isinstance(tree, uproot.behaviors.TTree.TTree):
+    if not isinstance(tree, kind):
         handle.close()
         raise BadFileError(f"{path!r}: {treename!r} is a {type(tree).__name__}, not a TTree")
     return tree
@@ -126,10 +168,20 @@ class EventsBuilder:
             entry.tree.file.close()
 
     def tree(self, path: str, treename: str) -> Any:
-        """The open tree, from the cache: preprocessing uses it too, so a worker that
-        inspected a file and then processes it opens it once (with ~1,500 branches, opening
-        costs about half a second)."""
+        """The open tree, from the cache (preprocessing with cluster alignment uses it, so a
+        worker that inspected a file and then processes it opens it once)."""
         return self._open(path, treename).tree
+
+    def header(self, path: str, treename: str) -> tuple[int, str]:
+        """Entries and uuid: from the cache when the file is open, else `read_tree_header`.
+
+        Inspection does not fill the cache: which worker later processes a file is the
+        executor's choice, so a tree read during inspection would mostly be read again.
+        """
+        entry = self._files.get((path, treename))
+        if entry is not None:
+            return int(entry.tree.num_entries), entry.uuid
+        return read_tree_header(path, treename, self.uproot_options)
 
     def _open(self, path: str, treename: str) -> _OpenFile:
         key = (path, treename)

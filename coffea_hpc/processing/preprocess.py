@@ -59,10 +59,12 @@ class InspectFile:
     def __call__(self) -> Result:
         key = self.keys[0]
         try:
-            tree = builder().tree(self.path, self.treename)
-            starts = tuple(int(x) for x in tree.common_entry_offsets()) if self.clusters \
-                else None
-            info = FileInfo(int(tree.num_entries), str(tree.file.uuid), starts)
+            if self.clusters:  # cluster boundaries need the branches: open the tree itself
+                tree = builder().tree(self.path, self.treename)
+                info = FileInfo(int(tree.num_entries), str(tree.file.uuid),
+                                tuple(int(x) for x in tree.common_entry_offsets()))
+            else:
+                info = FileInfo(*builder().header(self.path, self.treename))
         except Exception as exc:
             return Result(failures=(Failure(key, RemoteError.from_exception(exc), 1,
                                             self.labels[0]),))

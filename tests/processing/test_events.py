@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import awkward as ak
+import numpy as np
 import pytest
+import uproot
 from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
 
 from coffea_hpc.data.chunks import Chunk
 from coffea_hpc.errors import FilesetError
-from coffea_hpc.processing.events import BadFileError, EventsBuilder, open_tree
+from coffea_hpc.processing.events import (
+    BadFileError,
+    EventsBuilder,
+    open_tree,
+    read_tree_header,
+)
 
 
 @pytest.fixture
@@ -54,12 +61,38 @@ def test_stale_chunks_are_refused(path):
         builder.events(Chunk("d", path, "Events", 0, 10**9), NanoAODSchema)
 
 
-def test_missing_files_and_trees_are_oserrors_with_one_line(tmp_path, path):
+@pytest.mark.parametrize("reader", [open_tree, read_tree_header])
+def test_missing_files_and_trees_are_oserrors_with_one_line(tmp_path, path, reader):
     with pytest.raises(BadFileError, match="no such file"):
-        open_tree(str(tmp_path / "nope.root"), "Events")
+        reader(str(tmp_path / "nope.root"), "Events")
     with pytest.raises(BadFileError, match=r"has no tree 'Evnts' \(it has: Events\)"):
-        open_tree(path, "Evnts")
+        reader(path, "Evnts")
     garbage = tmp_path / "garbage.root"
     garbage.write_bytes(b"not a root file at all" * 10)
     with pytest.raises(OSError, match="cannot open"):
-        open_tree(str(garbage), "Events")
+        reader(str(garbage), "Events")
+
+
+def test_tree_header_agrees_with_the_full_tree(tmp_path, fileset):
+    odd = tmp_path / "odd.root"
+    with uproot.recreate(odd) as out:
+        out.mktree("dir/Events", {"x": np.float32}).extend({"x": np.arange(1234.0)})
+        out.mktree("Empty", {"x": np.int32})
+        out["hist"] = np.histogram(np.arange(10), bins=3)
+    cases = [(f.path, f.treename) for _, f in fileset.files]
+    cases += [(str(odd), "dir/Events"), (str(odd), "Empty")]
+    for file, tree in cases:
+        full = open_tree(file, tree)
+        assert read_tree_header(file, tree) == (full.num_entries, str(full.file.uuid))
+        full.file.close()
+    with pytest.raises(BadFileError, match=r"'hist' is a .*, not a TTree"):
+        read_tree_header(str(odd), "hist")
+
+
+def test_the_header_of_an_open_file_comes_from_the_cache(path):
+    builder = EventsBuilder()
+    first = builder.header(path, "Events")
+    assert not builder._files  # reading a header opens nothing for later
+    tree = builder.tree(path, "Events")
+    assert builder.header(path, "Events") == first == (tree.num_entries, str(tree.file.uuid))
+    builder.close()

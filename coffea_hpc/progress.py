@@ -7,7 +7,9 @@ rich progress bars, tests and scripts plug in nothing (`watch` then only logs).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
 from coffea_hpc.backends.protocol import Task, TaskProgress
@@ -34,27 +36,75 @@ def watch(
     unit: str = "chunks",
     poll: float = 0.2,
     on_tick: Callable[[Task], None] | None = None,
+    workers: Callable[[], int | None] | None = None,
 ) -> Result:
     """Wait for ``task``, updating ``reporter``; return its result (or raise its error).
 
     Interrupting (Ctrl-C) cancels the task before re-raising, so no work keeps running.
-    ``on_tick`` is called between polls (checkpointing hooks in there).
+    ``on_tick`` is called between polls (checkpointing hooks in there). ``workers`` counts
+    the backend's connected workers (``Backend.connected_workers``): progress then shows a
+    run that waits for a batch queue as waiting, not as stuck, and the log says when
+    workers come and go.
     """
     first = task.progress()
     if reporter is not None:
         reporter.start(label, first.total, unit)
-    try:
-        while not task.wait(timeout=poll):
+    with _WorkerCount(workers) as count:
+        logged: int | None = None
+        try:
+            while not task.wait(timeout=poll):
+                if count.value is not None and count.value != logged:
+                    logged = count.value
+                    log.info("%s: %d workers connected", label, logged)
+                if reporter is not None:
+                    reporter.update(replace(task.progress(), workers=count.value))
+                if on_tick is not None:
+                    on_tick(task)
+        except BaseException:
+            task.cancel()
+            raise
+        finally:
+            last = replace(task.progress(), workers=count.settled(timeout=1.0))
             if reporter is not None:
-                reporter.update(task.progress())
-            if on_tick is not None:
-                on_tick(task)
-    except BaseException:
-        task.cancel()
-        raise
-    finally:
-        last = task.progress()
-        if reporter is not None:
-            reporter.finish(last)
+                reporter.finish(last)
     log.info("%s: %d/%d %s done, %d failed", label, last.done, last.total, unit, last.failed)
     return task.result()
+
+
+class _WorkerCount:
+    """Counts workers every ``interval`` seconds in a daemon thread, because counting can
+    block (Parsl asks its interchange) and the loop collecting results must not."""
+
+    def __init__(self, count: Callable[[], int | None] | None, interval: float = 2.0) -> None:
+        self.value: int | None = None
+        self._count = count
+        self._interval = interval
+        self._stop = threading.Event()
+        self._counted = threading.Event()
+
+    def settled(self, timeout: float) -> int | None:
+        """The count, after waiting up to ``timeout`` for the first (a short task can end
+        before it comes)."""
+        if self._count is not None:
+            self._counted.wait(timeout)
+        return self.value
+
+    def __enter__(self) -> _WorkerCount:
+        if self._count is not None:
+            threading.Thread(target=self._run, name="coffea-hpc-workers", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        assert self._count is not None
+        while not self._stop.is_set():
+            try:
+                self.value = self._count()
+            except Exception as err:  # the backend is shutting down, its service is gone
+                log.debug("cannot count workers: %s", err)
+                return
+            finally:
+                self._counted.set()
+            self._stop.wait(self._interval)

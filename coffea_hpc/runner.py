@@ -153,7 +153,8 @@ def run(
         work = Workload(handle, chunks, schema=schema, chunks_per_task=per_task, spill=spill)
         task = backend.compute(work, policy, reducer=reduction.reducer(spill))
         try:
-            result = _watch(task, reporter, checkpoint.tick)
+            result = _watch(task, reporter, checkpoint.tick,
+                            getattr(backend, "connected_workers", None))
         except ChunkFailedError as err:
             if isinstance(err.partial, Result):
                 checkpoint.write(err.partial)
@@ -221,10 +222,11 @@ def auto_chunks_per_task(chunks: list[Chunk], workers: int) -> int:
     return max(1, len(chunks) // (2 * workers))
 
 
-def _watch(task: Task, reporter: Reporter | None, tick: Callable[[Task], None]) -> Result:
+def _watch(task: Task, reporter: Reporter | None, tick: Callable[[Task], None],
+           workers: Callable[[], int | None] | None) -> Result:
     from coffea_hpc.progress import watch
 
-    return watch(task, "processing", reporter, unit="chunks", on_tick=tick)
+    return watch(task, "processing", reporter, unit="chunks", on_tick=tick, workers=workers)
 
 
 def _partial(err: ChunkFailedError) -> Result:

@@ -60,6 +60,14 @@ class PoolBackend(abc.ABC):
         return FutureTask(work, self.submit, policy, reducer=reducer,
                           submit_merge=self.submit_merge)
 
+    def connected_workers(self) -> int | None:
+        """Workers ready to take elements now, or None where the backend cannot tell.
+
+        Pools of this machine's own processes are ready when `start` returns; pools that
+        come from a batch queue are not, and a run that waits for them should say so.
+        """
+        return None
+
     def submit_merge(self, element: WorkElement) -> FutureLike:
         """Where merge tasks run; the same workers as chunks unless a backend says otherwise."""
         return self.submit(element)

@@ -35,6 +35,12 @@ class DaskBackend(PoolBackend):
     def submit(self, element: WorkElement) -> Any:
         return self._client.submit(run_element, element, pure=False)
 
+    def connected_workers(self) -> int | None:
+        """Workers known to the scheduler (an adaptive or batch-queue cluster may have none
+        yet)."""
+        client = self._client
+        return None if client is None else len(client.nthreads())
+
     def _start(self) -> None:
         distributed = require("distributed", "dask backend", extra="dask")
         if self._address is not None:

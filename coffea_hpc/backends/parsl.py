@@ -152,6 +152,18 @@ class ParslBackend(PoolBackend):
     def submit(self, element: WorkElement) -> Any:
         return self._app(element)
 
+    def connected_workers(self) -> int | None:
+        """Workers registered with the HighThroughputExecutors' interchanges (blocks still
+        queued at the batch system have none); None with executors that do not say."""
+        dfk = self._dfk
+        if dfk is None:
+            return None
+        counts = [sum(m.get("worker_count", 0) for m in executor.connected_managers()
+                      if m.get("active", True))
+                  for executor in dfk.executors.values()
+                  if hasattr(executor, "connected_managers")]
+        return sum(counts) if counts else None
+
     def submit_merge(self, element: WorkElement) -> Any:
         return self._merge_app(element)
 

@@ -86,6 +86,8 @@ class TaskProgress:
     total_weight: int
     done_weight: int
     retries: int = 0
+    workers: int | None = None
+    """Workers connected to the backend now, where it can tell (see `watch`)."""
 
 
 @dataclass(frozen=True, kw_only=True)

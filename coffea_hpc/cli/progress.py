@@ -35,6 +35,19 @@ class _RateColumn(ProgressColumn):
         return Text(f"{_si(events / elapsed)} ev/s", style="progress.data.speed")
 
 
+class _WorkersColumn(ProgressColumn):
+    """Connected workers, where the backend can tell: a run waiting for its batch jobs to
+    start says so instead of looking stuck."""
+
+    def render(self, task: Task) -> Text:
+        workers = task.fields.get("workers")
+        if workers is None or task.finished:
+            return Text("")
+        if workers == 0:
+            return Text("waiting for workers", style="yellow")
+        return Text(f"{workers} worker{'s' if workers != 1 else ''}", style="progress.data.speed")
+
+
 class _FailedColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         failed = task.fields.get("failed", 0)
@@ -64,6 +77,7 @@ class RichReporter:
             _RateColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            _WorkersColumn(),
             _FailedColumn(),
             console=self.console,
             transient=False,
@@ -71,7 +85,8 @@ class RichReporter:
         )
         self._progress.start()
         self._task_id = self._progress.add_task(label, total=total, events=0, failed=0,
-                                                retries=0, start_time=time.monotonic())
+                                                retries=0, workers=None,
+                                                start_time=time.monotonic())
 
     def update(self, progress: TaskProgress) -> None:
         if self._progress is None:
@@ -83,6 +98,7 @@ class RichReporter:
             events=progress.done_weight if progress.total_weight > progress.total else 0,
             failed=progress.failed,
             retries=progress.retries,
+            workers=progress.workers,
         )
 
     def finish(self, progress: TaskProgress) -> None:

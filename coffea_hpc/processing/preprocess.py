@@ -125,7 +125,8 @@ def preprocess(
     skipped: list[Failure] = []
     if len(todo):
         task = backend.compute(todo, policy)
-        result = watch(task, "preprocessing", reporter, unit="files")
+        result = watch(task, "preprocessing", reporter, unit="files",
+                       workers=getattr(backend, "connected_workers", None))
         infos = result.value or {}
         skipped = list(result.failures)
     skipped_keys = {f.key for f in skipped}

@@ -1,0 +1,35 @@
+"""Watching a task: a backend that cannot count its workers does not stop a run."""
+
+from __future__ import annotations
+
+import uproot
+
+from coffea_hpc.backends.futures import FuturesBackend
+from coffea_hpc.runner import run
+
+
+class _CannotCount(FuturesBackend):
+    def connected_workers(self) -> int | None:
+        raise ConnectionError("the service that knows is gone")
+
+
+def test_a_failing_worker_count_leaves_the_run_alone(fileset, dimuon):
+    seen = []
+
+    class Reporter:
+        def start(self, label, total, unit):
+            pass
+
+        def update(self, progress):
+            seen.append(progress.workers)
+
+        finish = update
+
+    outcome = run(dimuon, fileset, backend=_CannotCount(2), chunksize=1_000, reporter=Reporter())
+    assert outcome.report["status"] == "complete"
+    on_disk = 0
+    for _, f in fileset.files:
+        with uproot.open(f.path) as file:
+            on_disk += file[f.treename].num_entries
+    assert outcome.result.processed.n_entries == on_disk
+    assert seen and set(seen) == {None}

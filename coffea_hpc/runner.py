@@ -14,7 +14,7 @@ import logging
 import platform
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -133,19 +133,22 @@ def run(
     if resume:
         checkpoint.base = _load_checkpoint(checkpoint_path)
 
+    stages = _Stages()
     with contextlib.ExitStack() as stack:
         if isinstance(backend, str):
             options = {"run_dir": out_dir / "parsl"} if backend == "parsl" and out_dir else {}
             backend = make_backend(backend, workers=workers, **options)
-        stack.enter_context(backend)  # type: ignore[arg-type]
+        with stages("start"):
+            stack.enter_context(backend)  # type: ignore[arg-type]
         remote_storage = getattr(backend, "remote_storage", None)
         spill = reduction.spill_policy(out_dir, remote=remote_storage)
         if remote_storage is not None:  # partials live on the backend's side, so does cleanup
             backend.use_spill_directory(spill.directory)  # type: ignore[union-attr]
             checkpoint.discard = backend.discard  # type: ignore[union-attr]
 
-        prep = preprocess(fs, backend, chunksize=chunksize, align_clusters=align_clusters,
-                          policy=policy, reporter=reporter)
+        with stages("preprocessing"):
+            prep = preprocess(fs, backend, chunksize=chunksize, align_clusters=align_clusters,
+                              policy=policy, reporter=reporter)
         if out_dir is not None:
             prep.fileset.save(out_dir / files.PREPARED_NAME)
         chunks = _todo(chunks_of(prep.fileset, limit_chunks=limit_chunks), checkpoint.base)
@@ -153,33 +156,41 @@ def run(
         work = Workload(handle, chunks, schema=schema, chunks_per_task=per_task, spill=spill)
         task = backend.compute(work, policy, reducer=reduction.reducer(spill))
         try:
-            result = _watch(task, reporter, checkpoint.tick,
-                            getattr(backend, "connected_workers", None))
+            with stages("processing"):
+                result = _watch(task, reporter, checkpoint.tick,
+                                getattr(backend, "connected_workers", None))
         except ChunkFailedError as err:
             if isinstance(err.partial, Result):
                 checkpoint.write(err.partial)
             checkpoint.discard(getattr(task, "take_garbage", list)())
             _write_report(out_dir, _report("failed", started, backend, prep, work,
-                                           checkpoint.base + _partial(err), error=str(err)))
+                                           checkpoint.base + _partial(err), stages,
+                                           error=str(err)))
             raise
         except BaseException:
             partial, _ = task.partial_result()
             checkpoint.write(partial)
             checkpoint.discard(getattr(task, "take_garbage", list)())
             _write_report(out_dir, _report("interrupted", started, backend, prep, work,
-                                           checkpoint.base + partial))
+                                           checkpoint.base + partial, stages))
             raise
 
         total = checkpoint.base + result
-        if remote_storage is not None:  # merge where the partials are
-            checkpoint.discard(getattr(task, "take_garbage", list)())
-            total.value = backend.finish(total.value, handle)  # type: ignore[union-attr]
-        total.value, merge_stats = reduction.finish(total.value, spill)
+        with stages("final_merge"):
+            if remote_storage is not None:  # merge where the partials are
+                checkpoint.discard(getattr(task, "take_garbage", list)())
+                total.value = backend.finish(total.value, handle)  # type: ignore[union-attr]
+            total.value, merge_stats = reduction.finish(total.value, spill)
+        stopping = time.perf_counter()  # the backend stops as the block ends
+    stages.add("stop", time.perf_counter() - stopping)
 
     remote = total.value if isinstance(total.value, RemoteOutput) else None
-    final = None if remote else postprocess(proc, total.value)
+    with stages("output"):
+        final = None if remote else postprocess(proc, total.value)
+        if out_dir is not None and remote is None:
+            files.save(final, out_dir / files.OUTPUT_NAME)
     report = _report("complete" if not total.failures else "incomplete", started, backend, prep,
-                     work, total)
+                     work, total, stages)
     report["reduction"] = {"mode": reduction.mode, "merge_tasks": total.metrics.get("merges", 0),
                            "final_merge": merge_stats.as_dict()}
     if remote is not None:
@@ -187,8 +198,6 @@ def run(
         log.warning("the output (%.1f MB) stays where it was made: %s", remote.nbytes / 1e6,
                     remote.location)
     if out_dir is not None:
-        if remote is None:
-            files.save(final, out_dir / files.OUTPUT_NAME)
         _write_report(out_dir, report)
         if checkpoint_path is not None:
             checkpoint_path.unlink(missing_ok=True)
@@ -197,6 +206,25 @@ def run(
         # was still running when an earlier attempt stopped)
         shutil.rmtree(spill.directory, ignore_errors=True)
     return RunOutcome(final, total, report, out_dir, prep.fileset, remote)
+
+
+class _Stages:
+    """Seconds spent in each stage of a run, for the report. On a batch system, the wait for
+    workers shows as start-up and preprocessing time, not as slow processing."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 3)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - start)
 
 
 def _delete_spilled(values: list[Any]) -> None:
@@ -271,6 +299,7 @@ def _report(
     prep: Preprocessed,
     work: Workload,
     result: Result,
+    stages: _Stages,
     *,
     error: str | None = None,
 ) -> dict[str, Any]:
@@ -290,6 +319,7 @@ def _report(
         "error": error,
         "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
         "wall_time_s": round(wall, 3),
+        "stages_s": dict(stages.seconds),
         "backend": getattr(backend, "name", type(backend).__name__),
         "workers": getattr(backend, "workers", None),
         "events": entries,

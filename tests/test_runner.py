@@ -66,6 +66,10 @@ def test_output_is_what_coffea_runner_returns(fileset, runner_output, tmp_path):
     covered = {(r["filename"], tuple(map(tuple, r["ranges"]))) for r in report["processed_ranges"]}
     assert all(ranges == ((0, 3_000),) for _, ranges in covered)
     assert not (tmp_path / "checkpoint.coffea").exists()
+    stages = report["stages_s"]
+    assert list(stages) == ["start", "preprocessing", "processing", "final_merge", "stop",
+                            "output"]
+    assert stages["processing"] > 0 and sum(stages.values()) <= report["wall_time_s"]
 
 
 def test_a_failed_run_keeps_its_work_and_resumes(fileset, runner_output, tmp_path):
@@ -79,6 +83,7 @@ def test_a_failed_run_keeps_its_work_and_resumes(fileset, runner_output, tmp_pat
     assert (out / "checkpoint.coffea").exists()
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "failed" and "Muon_ptt" in report["error"]
+    assert list(report["stages_s"]) == ["start", "preprocessing", "processing"]
     saved = load(out / "checkpoint.coffea")
     assert saved.processed.n_entries == info.value.partial.processed.n_entries > 0
     saved_chunks = {

@@ -123,6 +123,10 @@ def summary_table(report: dict[str, Any]) -> Table:
         f"{len(report['failed_chunks'])} failed chunks, "
         f"{len(report['skipped_files'])} skipped files"
     )
+    stages = report.get("stages_s") or {}
+    if stages:
+        table.caption += "\ntime: " + ", ".join(
+            f"{name.replace('_', ' ')} {seconds:.1f} s" for name, seconds in stages.items())
     table.caption_justify = "left"
     return table
 

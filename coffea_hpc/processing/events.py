@@ -42,7 +42,7 @@ class BadFileError(OSError):
 def open_tree(path: str, treename: str, uproot_options: dict[str, Any] | None = None) -> Any:
     """Open ``path`` and return its tree, with one-line errors for the usual failures."""
     handle = _open_file(path, uproot_options)
-    return _get_tree(handle, path, treename, uproot.behaviors.TTree.TTree)
+    return _get_tree(handle, path, treename)
 
 
 def read_tree_header(
@@ -52,17 +52,19 @@ def read_tree_header(
 
     Chunking needs only these two numbers, but reading a tree the usual way deserialises
     every TBranch: about 0.8 s for NanoAOD's ~1,700 branches against a few milliseconds for
-    the header, with uproot's own reader for ``uproot.num_entries``. Trees that reader cannot
-    handle (memberwise streaming) are read the usual way.
+    the header, with uproot's own reader for ``uproot.num_entries``. Anything else at
+    ``treename`` (a TTree subclass such as TNtuple, memberwise streaming, no such key) is read
+    the usual way, which also words the errors.
     """
     options = dict(uproot_options or {})
     options["custom_classes"] = {**uproot.classes, "TTree": Model_TTree_NumEntries}
     handle = _open_file(path, options)
     try:
-        header = _get_tree(handle, path, treename, Model_TTree_NumEntries)
-        return int(header.all_members["fEntries"][0]), str(handle.file.uuid)
-    except NotImplementedError:
-        pass
+        header = handle[treename]
+        if isinstance(header, Model_TTree_NumEntries):
+            return int(header.all_members["fEntries"][0]), str(handle.file.uuid)
+    except Exception as err:  # the usual read below says what is wrong
+        log.debug("reading the header of %s:%s: %s", path, treename, err)
     finally:
         handle.close()
     return _header_from_tree(path, treename, uproot_options)
@@ -87,7 +89,7 @@ def _open_file(path: str, uproot_options: dict[str, Any] | None) -> Any:
         raise BadFileError(f"cannot open {path!r}: {type(err).__name__}: {err}") from None
 
 
-def _get_tree(handle: Any, path: str, treename: str, kind: type) -> Any:
+def _get_tree(handle: Any, path: str, treename: str) -> Any:
     try:
         tree = handle[treename]
     except KeyError:
@@ -96,7 +98,7 @@ def _get_tree(handle: Any, path: str, treename: str, kind: type) -> Any:
         raise BadFileError(
             f"{path!r} has no tree {treename!r} (it has: {', '.join(present) or 'nothing'})"
         ) from None
-    if not isinstance(tree, kind):
+    if not isinstance(tree, uproot.behaviors.TTree.TTree):
         handle.close()
         raise BadFileError(f"{path!r}: {treename!r} is a {type(tree).__name__}, not a TTree")
     return tree

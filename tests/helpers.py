@@ -1,4 +1,5 @@
-"""Comparisons shared by the tests: what "the same result" means across backends.
+"""What the tests share: what "the same result" means across backends, and a progress
+reporter that remembers what it was shown.
 
 Counts (integer storages, counters, sets) must be bit-identical; floating-point sums may differ
 only by summation order, so they are compared with a tight relative tolerance.
@@ -42,3 +43,20 @@ def assert_same(a: Any, b: Any, path: str = "output") -> None:
         np.testing.assert_allclose(a, b, rtol=FLOAT_RTOL, err_msg=path)
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+class RecordingReporter:
+    """A progress reporter that keeps the worker counts it was shown, per stage."""
+
+    def __init__(self) -> None:
+        self.workers: dict[str, list[int | None]] = {}
+        self._label = ""
+
+    def start(self, label: str, total: int, unit: str) -> None:
+        self._label = label
+        self.workers[label] = []
+
+    def update(self, progress: Any) -> None:
+        self.workers[self._label].append(progress.workers)
+
+    finish = update

@@ -6,6 +6,7 @@ import uproot
 
 from coffea_hpc.backends.futures import FuturesBackend
 from coffea_hpc.runner import run
+from tests.helpers import RecordingReporter
 
 
 class _CannotCount(FuturesBackend):
@@ -14,22 +15,13 @@ class _CannotCount(FuturesBackend):
 
 
 def test_a_failing_worker_count_leaves_the_run_alone(fileset, dimuon):
-    seen = []
-
-    class Reporter:
-        def start(self, label, total, unit):
-            pass
-
-        def update(self, progress):
-            seen.append(progress.workers)
-
-        finish = update
-
-    outcome = run(dimuon, fileset, backend=_CannotCount(2), chunksize=1_000, reporter=Reporter())
+    recorder = RecordingReporter()
+    outcome = run(dimuon, fileset, backend=_CannotCount(2), chunksize=1_000, reporter=recorder)
     assert outcome.report["status"] == "complete"
     on_disk = 0
     for _, f in fileset.files:
         with uproot.open(f.path) as file:
             on_disk += file[f.treename].num_entries
     assert outcome.result.processed.n_entries == on_disk
-    assert seen and set(seen) == {None}
+    assert recorder.workers["processing"]
+    assert set(recorder.workers["preprocessing"] + recorder.workers["processing"]) == {None}

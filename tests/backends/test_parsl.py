@@ -13,6 +13,7 @@ import pytest
 from coffea_hpc.backends import make_backend
 from coffea_hpc.backends.parsl import ParslBackend, local_htex_config
 from coffea_hpc.runner import run
+from tests.helpers import RecordingReporter
 
 
 def test_local_pool_processes_skip_globus_compute_but_the_driver_keeps_it(tmp_path):
@@ -40,28 +41,12 @@ def _env_path(process: psutil.Process) -> str:
         return ""
 
 
-class _Recorder:
-    """A progress reporter that keeps the worker counts it was shown, per stage."""
-
-    def __init__(self) -> None:
-        self.workers: dict[str, list[int | None]] = {}
-
-    def start(self, label: str, total: int, unit: str) -> None:
-        self._label = label
-        self.workers[label] = []
-
-    def update(self, progress) -> None:
-        self.workers[self._label].append(progress.workers)
-
-    finish = update
-
-
 def test_progress_shows_a_run_waiting_for_its_workers(tmp_path, fileset, dimuon, caplog):
     """A block that starts late, as a batch job waits in its queue: the run reports no
     workers until the pool connects, then the pool's size."""
     config = local_htex_config(2, tmp_path / "parsl")
     config.executors[0].provider.worker_init = "sleep 4"
-    recorder = _Recorder()
+    recorder = RecordingReporter()
     with caplog.at_level(logging.INFO, logger="coffea_hpc.progress"):
         outcome = run(dimuon, fileset, backend=ParslBackend(config, workers=2), chunksize=1_000,
                       reporter=recorder)

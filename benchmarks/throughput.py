@@ -96,7 +96,7 @@ def measure(method: str, analysis: str, workers: int, spec: dict, chunksize: int
     return {"wall_s": wall, "digest": digest(outcome.output, analysis),
             "build_per_chunk_s": metrics["buildtime"] / metrics["chunks"],
             "process_per_chunk_s": metrics["processtime"] / metrics["chunks"],
-            "chunks": metrics["chunks"]}
+            "chunks": metrics["chunks"], "stages_s": outcome.report["stages_s"]}
 
 
 def digest(out: dict, analysis: str) -> dict:
@@ -247,7 +247,9 @@ def main() -> None:
                 res["events_per_s"] = events / res["wall_s"]
                 runs.setdefault(f"{method} x{workers}", []).append(res)
                 extra = (f"  build {res['build_per_chunk_s'] * 1e3:.0f} ms/chunk, process "
-                         f"{res['process_per_chunk_s'] * 1e3:.0f} ms/chunk"
+                         f"{res['process_per_chunk_s'] * 1e3:.0f} ms/chunk; "
+                         + ", ".join(f"{k} {v:.1f}" for k, v in res["stages_s"].items()
+                                     if v >= 0.05)
                          if "build_per_chunk_s" in res else "")
                 tag = f" [round {round_ + 1}]" if args.repeat > 1 else ""
                 print(f"{analysis:>5} {method:>22} x{workers}: {res['wall_s']:7.2f} s "

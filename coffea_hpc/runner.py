@@ -216,7 +216,7 @@ class _Stages:
         self.seconds: dict[str, float] = {}
 
     def add(self, name: str, seconds: float) -> None:
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 3)
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -319,7 +319,7 @@ def _report(
         "error": error,
         "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
         "wall_time_s": round(wall, 3),
-        "stages_s": dict(stages.seconds),
+        "stages_s": {name: round(s, 3) for name, s in stages.seconds.items()},
         "backend": getattr(backend, "name", type(backend).__name__),
         "workers": getattr(backend, "workers", None),
         "events": entries,

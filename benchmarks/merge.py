@@ -2,6 +2,10 @@
 
     python benchmarks/merge.py                      # 64 partials of ~53 MB, the recorded run
     python benchmarks/merge.py --partials 8 --mb 5  # a quick look
+    python benchmarks/merge.py --methods serial,mpi2,mpi2-started --rounds 3
+
+With ``--rounds N`` the methods run in turn, N times over (so a slow spell of the machine
+hits every method alike), and the speed-ups are ratios of median wall times.
 
 Partials are weighted histograms (1,600 x 20 systematics x 100 bins, Weight storage, 30 % of
 bins filled) written as spill files, as workers write them. Each method runs in its own
@@ -17,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -166,12 +171,20 @@ class _Sampler:
         self._thread.join()
 
 
-def method_mpi(paths: list[Path], out: Path, ranks: int) -> dict:
-    from coffea_hpc.reduction.mpi import run_mpi_merge
+def method_mpi(paths: list[Path], out: Path, ranks: int, started: bool) -> dict:
+    """``mpiN``: mpiexec launched when the merge is called (``coffea-hpc merge --ranks N``).
+    ``mpiN-started``: ranks started beforehand and waiting, as ``--reduce mpi`` starts them
+    when processing starts; timed from handing over the inputs."""
+    from coffea_hpc.reduction.mpi_job import MpiMergeJob
 
     start = time.perf_counter()
-    stats = run_mpi_merge(paths, out, ranks=ranks)
-    wall = time.perf_counter() - start
+    with MpiMergeJob(ranks) as job:
+        if started:
+            if not job.ready(timeout=120):
+                raise RuntimeError("the MPI merge job did not start")
+            start = time.perf_counter()
+        stats = job.merge(paths, out)
+        wall = time.perf_counter() - start
     above = [p - b for p, b in zip(stats.extra["peak_rss_per_rank"],
                                    stats.extra.get("baseline_rss_per_rank", []), strict=False)]
     return {"wall_s": wall, "merge_s": stats.wall_time_s,
@@ -186,7 +199,8 @@ def run_one(method: str, paths: list[Path], out: Path) -> dict:
     if method == "tree":
         return method_tree(paths, out)
     if method.startswith("mpi"):
-        return method_mpi(paths, out, int(method[3:]))
+        ranks, _, when = method[3:].partition("-")
+        return method_mpi(paths, out, int(ranks), started=when == "started")
     raise SystemExit(f"unknown method {method}")
 
 
@@ -195,7 +209,8 @@ def main() -> None:
     parser.add_argument("--partials", type=int, default=64)
     parser.add_argument("--mb", type=float, default=53.0, help="in-memory size of a partial")
     parser.add_argument("--dir", type=Path, default=None, help="where partials go (kept)")
-    parser.add_argument("--methods", default="serial,tree,mpi2,mpi4,naive")
+    parser.add_argument("--methods", default="serial,tree,mpi2,mpi2-started,mpi4,naive")
+    parser.add_argument("--rounds", type=int, default=1, help="run the methods N times in turn")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--_one", help=argparse.SUPPRESS)
     parser.add_argument("--_out", type=Path, help=argparse.SUPPRESS)
@@ -213,25 +228,27 @@ def main() -> None:
     disk = sum(p.stat().st_size for p in paths) / 1e6
     print(f"{len(paths)} partials, {args.mb:.0f} MB each in memory, {disk:.0f} MB on disk "
           f"(made in {gen:.0f} s) in {work}")
-    results: dict[str, dict] = {}
+    results: dict[str, list[dict]] = {}
     outputs = {}
-    for method in args.methods.split(","):
-        out = work / f"merged-{method}.coffea"
-        proc = subprocess.run([sys.executable, __file__, "--dir", str(work), "--_one", method,
-                               "--_out", str(out)], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(HERE.parent)})
-        if proc.returncode != 0:
-            print(f"{method}: failed\n{proc.stderr[-2000:]}")
-            continue
-        results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
-        outputs[method] = out
-        print(f"{method:>7}: {results[method]}")
+    for _ in range(args.rounds):
+        for method in args.methods.split(","):
+            out = work / f"merged-{method}.coffea"
+            proc = subprocess.run([sys.executable, __file__, "--dir", str(work), "--_one", method,
+                                   "--_out", str(out)], capture_output=True, text=True,
+                                  env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+            if proc.returncode != 0:
+                print(f"{method}: failed\n{proc.stderr[-2000:]}")
+                continue
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            results.setdefault(method, []).append(result)
+            outputs[method] = out
+            print(f"{method:>12}: {result}")
     _check_identical(outputs)
-    base = results.get("serial", {}).get("wall_s")
-    if base:
-        print("\nspeed-up over the serial merge:")
-        for method, res in results.items():
-            print(f"  {method:>7}: {base / res['wall_s']:.2f}x")
+    median = {m: statistics.median(r["wall_s"] for r in rs) for m, rs in results.items()}
+    if "serial" in median:
+        print("\nspeed-up over the serial merge (median wall times):")
+        for method, wall in median.items():
+            print(f"  {method:>12}: {median['serial'] / wall:.2f}x  ({wall:.2f} s)")
     print(f"\npartial size in memory: {args.mb:.0f} MB")
     if args.json:
         args.json.write_text(json.dumps({"partials": len(paths), "mb": args.mb,

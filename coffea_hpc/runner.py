@@ -154,6 +154,9 @@ def run(
         chunks = _todo(chunks_of(prep.fileset, limit_chunks=limit_chunks), checkpoint.base)
         per_task = chunks_per_task or auto_chunks_per_task(chunks, backend.workers)
         work = Workload(handle, chunks, schema=schema, chunks_per_task=per_task, spill=spill)
+        # the MPI merge's ranks start now and wait, so the merge begins with the last partial
+        merge_job = (stack.enter_context(reduction.merge_job()) if remote_storage is None
+                     else None)
         task = backend.compute(work, policy, reducer=reduction.reducer(spill))
         try:
             with stages("processing"):
@@ -180,7 +183,7 @@ def run(
             if remote_storage is not None:  # merge where the partials are
                 checkpoint.discard(getattr(task, "take_garbage", list)())
                 total.value = backend.finish(total.value, handle)  # type: ignore[union-attr]
-            total.value, merge_stats = reduction.finish(total.value, spill)
+            total.value, merge_stats = reduction.finish(total.value, spill, merge_job)
         stopping = time.perf_counter()  # the backend stops as the block ends
     stages.add("stop", time.perf_counter() - stopping)
 

@@ -25,7 +25,8 @@ def merge(
 
     from coffea_hpc import output as files
     from coffea_hpc.reduction.merge import MergeStats, merge_stream
-    from coffea_hpc.reduction.mpi import expand_inputs, mpi_merge, run_mpi_merge
+    from coffea_hpc.reduction.mpi import expand_inputs, mpi_merge
+    from coffea_hpc.reduction.mpi_job import run_mpi_merge
 
     console = Console(stderr=True)
     if ranks is not None:

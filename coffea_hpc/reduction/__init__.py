@@ -11,14 +11,16 @@ Three modes, one outcome (the same output, up to floating-point summation order)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from coffea_hpc.errors import MergeError
 from coffea_hpc.reduction.merge import MergeStats, merge_serial, merge_stream, resolve
 from coffea_hpc.reduction.spill import (
     SpilledRef,
@@ -28,6 +30,9 @@ from coffea_hpc.reduction.spill import (
     spill,
 )
 from coffea_hpc.reduction.tree import TreeReducer
+
+if TYPE_CHECKING:
+    from coffea_hpc.reduction.mpi_job import MpiMergeJob
 
 __all__ = [
     "MergeStats",
@@ -85,23 +90,44 @@ class Reduction:
     def reducer(self, policy: SpillPolicy) -> TreeReducer | None:
         return TreeReducer(policy.directory, self.fan_in) if self.mode == "tree" else None
 
-    def finish(self, value: Any, policy: SpillPolicy) -> tuple[Any, MergeStats]:
-        """Resolve what the run left (references and in-memory partials) into the output."""
+    def merge_job(self) -> contextlib.AbstractContextManager[MpiMergeJob | None]:
+        """For ``mpi``, the MPI merge job, started now (a run starts it as processing starts,
+        so the ranks are up when the last partial is in); otherwise nothing."""
+        if self.mode != "mpi":
+            return contextlib.nullcontext()
+        from coffea_hpc.reduction.mpi_job import MpiMergeJob
+
+        return MpiMergeJob(self.mpi_ranks, self.mpi_launcher)
+
+    def finish(self, value: Any, policy: SpillPolicy,
+               job: MpiMergeJob | None = None) -> tuple[Any, MergeStats]:
+        """Resolve what the run left (references and in-memory partials) into the output;
+        ``job`` is the run's `merge_job` (without one, ``mpi`` starts its ranks now)."""
         stats = MergeStats()
         if isinstance(value, SpilledRef):
             value = SpillSet((value,))
         if not isinstance(value, SpillSet):
             return value, stats
         if self.mode == "mpi" and len(value) > 1:
-            from coffea_hpc.reduction.mpi import run_mpi_merge
-
-            refs = list(value.refs)
-            if value.value is not None:
-                refs.append(spill(value.value, policy.directory))
-            merged = Path(policy.directory) / "mpi-merged.coffea"
-            stats = run_mpi_merge([r.path for r in refs], merged, ranks=self.mpi_ranks,
-                                  launcher=self.mpi_launcher)
-            total = load_spilled(merged)
-            merged.unlink(missing_ok=True)
-            return total, stats
+            try:
+                return self._mpi_merge(value, policy, job)
+            except MergeError as err:  # the partials are all still there: merge them here
+                log.warning("%s; merging on the driver instead", err)
+                stats.extra["mpi_error"] = str(err)
         return resolve(value, stats=stats), stats
+
+    def _mpi_merge(self, value: SpillSet, policy: SpillPolicy,
+                   job: MpiMergeJob | None) -> tuple[Any, MergeStats]:
+        from coffea_hpc.reduction.mpi_job import MpiMergeJob
+
+        refs = list(value.refs)
+        if value.value is not None:
+            refs.append(spill(value.value, policy.directory))
+        merged = Path(policy.directory) / "mpi-merged.coffea"
+        with contextlib.ExitStack() as stack:
+            if job is None:
+                job = stack.enter_context(MpiMergeJob(self.mpi_ranks, self.mpi_launcher))
+            stats = job.merge([r.path for r in refs], merged)
+        total = load_spilled(merged)
+        merged.unlink(missing_ok=True)
+        return total, stats

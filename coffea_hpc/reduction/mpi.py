@@ -10,20 +10,21 @@ memory is about one partial plus the sum. Then, in round ``k``, rank ``r`` with
 rounds rank 0 holds the total and writes it. Sums travel as a small pickled skeleton plus
 raw buffers (`coffea_hpc.reduction.buffers`), received and added one buffer at a time, and
 buffers over 2^30 elements are sent in pieces (MPI counts are 32-bit).
+
+With ``--serve`` the ranks start, import and initialise MPI, then wait for their inputs on
+rank 0's standard input (`coffea_hpc.reduction.mpi_job` starts them so, ahead of time).
+A rank that waits for another sleeps between polls instead of blocking in MPI: MPI libraries
+spin while they block, which takes a core from the ranks still working whenever ranks
+outnumber cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +37,20 @@ from coffea_hpc.reduction._spillfile import SPILL_SUFFIX
 from coffea_hpc.reduction.buffers import Slot, fold_buffers, skeleton
 from coffea_hpc.reduction.merge import MergeStats, merge_stream, peak_rss
 
-__all__ = ["expand_inputs", "mpi_merge", "run_mpi_merge"]
-
-log = logging.getLogger(__name__)
+__all__ = ["expand_inputs", "mpi_merge"]
 
 PIECE = 1 << 21
 """Elements per MPI message (16 MiB of float64): MPI counts are 32-bit, and small pieces keep
 the receiver's temporary memory to one piece."""
 
-_TAG_SKELETON, _TAG_BUFFER = 11, 12
+_TAG_SKELETON, _TAG_BUFFER, _TAG_GO = 11, 12, 13
+
+READY = "coffea-hpc-mpi-merge: ready"
+STATS = "coffea-hpc-mpi-merge: stats "
+"""Lines rank 0 writes on its standard output for the process that started the ranks."""
+
+_POLL_S = 0.002
+"""Sleep between polls while a rank waits for another (a merge takes seconds)."""
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -64,24 +70,37 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 
 def _share(paths: Sequence[Path], rank: int, size: int) -> list[Path]:
     """Largest-first greedy balance by bytes; every rank computes the same assignment."""
+    sizes = {p: p.stat().st_size for p in paths}
     loads = [0] * size
     owner: dict[Path, int] = {}
-    for path in sorted(paths, key=lambda p: (-p.stat().st_size, str(p))):
+    for path in sorted(paths, key=lambda p: (-sizes[p], str(p))):
         r = loads.index(min(loads))
         owner[path] = r
-        loads[r] += path.stat().st_size
+        loads[r] += sizes[path]
     return [p for p in paths if owner[p] == rank]
 
 
 def _send(comm: Any, value: Any, dest: int) -> None:
     skel, buffers = skeleton(value)
+    _idle_until(lambda: comm.Iprobe(source=dest, tag=_TAG_GO))
+    comm.recv(source=dest, tag=_TAG_GO)
     comm.send(skel, dest=dest, tag=_TAG_SKELETON)
     for buf in buffers:
         for start in range(0, max(buf.size, 1), PIECE):
             comm.Send(np.ascontiguousarray(buf[start:start + PIECE]), dest=dest, tag=_TAG_BUFFER)
 
 
+def _idle_until(ready: Callable[[], bool], pause: float = _POLL_S) -> None:
+    while not ready():
+        time.sleep(pause)
+
+
 def _receive_into(comm: Any, total: Any, source: int) -> Any:
+    """Add what ``source`` sends into ``total``. Whichever of the two is ready first sleeps
+    until the other says so (``_TAG_GO``, then the skeleton); the buffers then move with
+    blocking calls, both ranks inside MPI, at full speed."""
+    comm.send(None, dest=source, tag=_TAG_GO)
+    _idle_until(lambda: comm.Iprobe(source=source, tag=_TAG_SKELETON))
     skel = comm.recv(source=source, tag=_TAG_SKELETON)
 
     def read(slot: Slot, target: np.ndarray, add: bool) -> None:
@@ -130,15 +149,18 @@ def mpi_merge(inputs: Sequence[str | Path], output_path: str | Path | None = Non
         step *= 2
     stats.wall_time_s = time.perf_counter() - started
     stats.peak_rss_bytes = peak_rss()
-    every = comm.gather((stats.bytes_read, stats.peak_rss_bytes, stats.inputs, baseline),
-                        root=0)
+    mine = np.array([stats.bytes_read, stats.peak_rss_bytes, stats.inputs, baseline], np.int64)
+    every = np.empty((size, mine.size), np.int64) if rank == 0 else None
+    request = comm.Igather(mine, every, root=0)
+    _idle_until(request.Test)
     if rank != 0:
         return None, stats
-    stats.bytes_read = sum(row[0] for row in every)
-    stats.inputs = sum(row[2] for row in every)
-    stats.extra["peak_rss_per_rank"] = [row[1] for row in every]
-    stats.extra["baseline_rss_per_rank"] = [row[3] for row in every]
-    stats.peak_rss_bytes = max(row[1] for row in every)
+    assert every is not None
+    stats.bytes_read = int(every[:, 0].sum())
+    stats.inputs = int(every[:, 2].sum())
+    stats.extra["peak_rss_per_rank"] = every[:, 1].tolist()
+    stats.extra["baseline_rss_per_rank"] = every[:, 3].tolist()
+    stats.peak_rss_bytes = int(every[:, 1].max())
     if output_path is not None:
         output.save(total, output_path)  # pickling a histogram copies its storage once
         stats.extra["peak_rss_per_rank"][0] = peak_rss()
@@ -147,71 +169,54 @@ def mpi_merge(inputs: Sequence[str | Path], output_path: str | Path | None = Non
     return total, stats
 
 
-def run_mpi_merge(
-    inputs: Sequence[str | Path],
-    output_path: str | Path,
-    *,
-    ranks: int,
-    launcher: str = "mpiexec",
-    timeout: float | None = None,
-) -> MergeStats:
-    """Launch the MPI merge as ``launcher -n ranks python -m coffea_hpc.reduction.mpi``.
-
-    The input list goes through a file (a run may have many thousands of partials).
-    ``launcher`` is ``mpiexec`` (the one beside this Python first, as installed with the
-    ``mpich`` wheel), ``srun``, or a full command such as ``"srun --mpi=pmi2"``.
-    """
-    if ranks < 1:
-        raise MergeError(f"ranks must be >= 1, got {ranks}")
-    words = launcher.split()
-    local = Path(sys.executable).with_name(words[0])
-    exe = str(local) if local.exists() else shutil.which(words[0])
-    if exe is None:
-        raise MergeError(f"cannot run the MPI merge: {words[0]!r} not found (install the "
-                         "'mpi' extra: pip install 'coffea-hpc[mpi]', or use the site's MPI)")
-    with tempfile.TemporaryDirectory(prefix="coffea-hpc-mpi-") as tmp:
-        listing = Path(tmp) / "inputs.txt"
-        listing.write_text("\n".join(str(Path(p)) for p in expand_inputs(inputs)) + "\n")
-        stats_path = Path(tmp) / "stats.json"
-        cmd = [exe, *words[1:], "-n", str(ranks), sys.executable, "-m", "coffea_hpc.reduction.mpi",
-               "--inputs-from", str(listing), "-o", str(output_path), "--stats", str(stats_path)]
-        log.info("MPI merge: %s", " ".join(cmd))
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-            raise MergeError(f"the MPI merge failed (exit {proc.returncode}): "
-                             + " | ".join(tail))
-        data = json.loads(stats_path.read_text())
-    return MergeStats(inputs=data["inputs"], wall_time_s=data["wall_time_s"],
-                      bytes_read=data["bytes_read"], peak_rss_bytes=data["peak_rss_bytes"],
-                      ranks=data["ranks"],
-                      extra={k: data[k] for k in ("peak_rss_per_rank", "baseline_rss_per_rank")
-                             if k in data})
+def _await_request(comm: Any) -> dict[str, Any] | None:
+    """Wait (sleeping) for rank 0 to read one JSON request from its standard input; None
+    when it reads end-of-file: the process that started the ranks cancelled or died."""
+    comm.Barrier()  # every rank has imported and initialised MPI
+    request = None
+    if comm.Get_rank() == 0:
+        print(READY, flush=True)
+        line = sys.stdin.readline()
+        request = json.loads(line) if line.strip() else None
+        comm.Ibarrier().Wait()
+    else:
+        _idle_until(comm.Ibarrier().Test, pause=0.01)
+    return comm.bcast(request, root=0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m coffea_hpc.reduction.mpi",
                                      description="Merge partial outputs with MPI.")
     parser.add_argument("inputs", nargs="*", help="partial files or spill directories")
-    parser.add_argument("--inputs-from", help="a file listing inputs, one per line")
-    parser.add_argument("-o", "--output", required=True, help="merged output file")
-    parser.add_argument("--stats", help="write merge statistics (JSON) here")
+    parser.add_argument("-o", "--output", help="merged output file")
+    parser.add_argument("--serve", action="store_true",
+                        help="start, then read the inputs and output as one JSON line on "
+                             "rank 0's standard input; report on its standard output")
     args = parser.parse_args(argv)
-    inputs = list(args.inputs)
-    if args.inputs_from:
-        inputs += [line for line in Path(args.inputs_from).read_text().splitlines() if line]
+    if not args.serve and args.output is None:
+        parser.error("the following arguments are required: -o/--output")
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
+    inputs, output_path = list(args.inputs), args.output
+    if args.serve:
+        request = _await_request(comm)
+        if request is None:
+            return 0
+        inputs, output_path = request["inputs"], request["output"]
     try:
-        _, stats = mpi_merge(inputs, args.output, comm)
-    except MergeError as err:
-        print(f"error (rank {comm.Get_rank()}): {err}", file=sys.stderr, flush=True)
+        _, stats = mpi_merge(inputs, output_path, comm)
+    except Exception as err:  # any rank failing must stop them all, or the others wait forever
+        what = str(err) if isinstance(err, MergeError) else f"{type(err).__name__}: {err}"
+        print(f"error (rank {comm.Get_rank()}): {what}", file=sys.stderr, flush=True)
         comm.Abort(2)
         return 2
-    if comm.Get_rank() == 0 and args.stats:
-        Path(args.stats).write_text(json.dumps(stats.as_dict()))
+    if comm.Get_rank() == 0:
+        if args.serve:
+            print(STATS + json.dumps(stats.as_dict()), flush=True)
+        else:
+            print(f"merged {stats.inputs} partials with {stats.ranks} ranks in "
+                  f"{stats.wall_time_s:.2f} s -> {output_path}", flush=True)
     return 0
 
 

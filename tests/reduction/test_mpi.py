@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import shutil
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from coffea_hpc import output
 from coffea_hpc.errors import MergeError
 from coffea_hpc.reduction import merge_stream
 from coffea_hpc.reduction.buffers import fold_buffers, raw_view, skeleton
-from coffea_hpc.reduction.mpi import run_mpi_merge
+from coffea_hpc.reduction.mpi_job import run_mpi_merge
 from tests.helpers import assert_same
 from tests.reduction.conftest import synthetic_partial
 
@@ -79,24 +80,43 @@ def test_large_buffers_go_in_pieces(monkeypatch, tmp_path):
 
     class Loopback:  # a two-rank exchange inside one process: what is sent is received
         def __init__(self):
-            self.queue = []
+            self.queues = collections.defaultdict(list)
 
         def send(self, obj, dest, tag):
-            self.queue.append(obj)
+            self.queues[tag].append(obj)
 
         def recv(self, source, tag):
-            return self.queue.pop(0)
+            return self.queues[tag].pop(0)
+
+        def Iprobe(self, source, tag):
+            return bool(self.queues[tag])
 
         def Send(self, buf, dest, tag):
             assert buf.size <= 1000
-            self.queue.append(buf.copy())
+            self.queues[tag].append(buf.copy())
 
         def Recv(self, buf, source, tag):
-            buf[...] = self.queue.pop(0)
+            buf[...] = self.queues[tag].pop(0)
 
     comm = Loopback()
     value = {"a": np.arange(4_500, dtype=np.float64), "b": synthetic_partial(5)}
+    comm.send(None, dest=1, tag=mpi_module._TAG_GO)  # the receiver is ready
     mpi_module._send(comm, value, dest=0)
     total = mpi_module._receive_into(comm, {"a": np.ones(4_500)}, source=1)
     np.testing.assert_array_equal(total["a"], np.arange(4_500) + 1)
     assert_same(total["b"], value["b"])
+
+
+@pytest.mark.parametrize(("n_files", "size"), [(64, 2), (64, 4), (3, 4), (10, 16)])
+def test_shares_cover_every_input_once_balanced_by_size(tmp_path, n_files, size):
+    from coffea_hpc.reduction.mpi import _share
+
+    paths = []
+    for i in range(n_files):
+        path = tmp_path / f"p{i:03d}.cspill"
+        path.write_bytes(b"x" * (1000 + i))
+        paths.append(path)
+    shares = [_share(paths, rank, size) for rank in range(size)]
+    assert sorted(p for share in shares for p in share) == paths
+    loads = [sum(p.stat().st_size for p in share) for share in shares]
+    assert max(loads) - min(loads) <= max(p.stat().st_size for p in paths)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from coffea_hpc.backends import ErrorPolicy
-from coffea_hpc.errors import ChunkFailedError
+from coffea_hpc.errors import ChunkFailedError, MergeError
 from coffea_hpc.examples.dimuon import DimuonProcessor
 from coffea_hpc.reduction import Reduction
 from coffea_hpc.runner import run
@@ -67,3 +67,32 @@ def test_tree_reduction_resumes_from_spilled_checkpoint(fileset, plain, tmp_path
                   reduction=reduction, resume=True)
     assert_same(outcome.output, plain)
     assert not (out / "spill").exists()
+
+
+@pytest.mark.mpi
+def test_a_failed_mpi_merge_falls_back_to_the_driver(fileset, plain, tmp_path, caplog):
+    """Hours of processing must not be lost to a broken MPI set-up: the partials are merged
+    on the driver instead, and the report and log say why."""
+    broken = tmp_path / "broken-mpiexec"
+    broken.write_text("#!/bin/sh\necho 'broken-mpiexec: cannot reach the MPI runtime' >&2\n"
+                      "exit 7\n")
+    broken.chmod(0o755)
+    reduction = Reduction(mode="mpi", mpi_ranks=2, mpi_launcher=str(broken))
+    outcome = run(DimuonProcessor(), fileset, backend="futures", workers=2, chunksize=500,
+                  output_dir=tmp_path / "out", reduction=reduction, chunks_per_task=2)
+    assert_same(outcome.output, plain)
+    merge = outcome.report["reduction"]["final_merge"]
+    assert merge["ranks"] == 1 and "cannot reach the MPI runtime" in merge["mpi_error"]
+    assert "merging on the driver instead" in caplog.text
+
+
+class MustNotRun(DimuonProcessor):
+    def process(self, events):
+        raise AssertionError("processing started")
+
+
+def test_a_missing_mpi_launcher_stops_the_run_before_processing(fileset, tmp_path):
+    reduction = Reduction(mode="mpi", mpi_launcher="no-such-mpiexec")
+    with pytest.raises(MergeError, match="'no-such-mpiexec' not found"):
+        run(MustNotRun(), fileset, backend="iterative", chunksize=500, reduction=reduction,
+            output_dir=tmp_path, policy=ErrorPolicy(max_retries=0))

@@ -83,6 +83,32 @@ def test_submit_runs_the_driver_inside_an_allocation(slurm_cluster, fileset_path
     assert code == 0 and "coffea-hpc run: complete" in capsys.readouterr().out
 
 
+@pytest.mark.mpi
+@pytest.mark.parametrize("launcher", ["mpiexec", "srun --mpi=pmi2"])
+def test_submit_with_the_mpi_merge(slurm_cluster, fileset_path, local_output, tmp_path, capsys,
+                                   launcher):
+    """``--reduce mpi`` inside an allocation whose CPUs the workers' srun step holds: the
+    merge's step (srun, or the one mpiexec starts) must run beside it, not queue behind it."""
+    out = tmp_path / "out"
+    whole_node = tmp_path / "whole-node.yaml"  # two CPUs, for srun's two tasks
+    whole_node.write_text("submit:\n  directives: '#SBATCH --exclusive'\n")
+    code = main(["submit", "--site", "local-slurm", "--site-file", str(whole_node),
+                 "coffea_hpc.examples.dimuon:DimuonProcessor", "-f", str(fileset_path),
+                 "-o", str(out), "--chunksize", "1500", "--reduce", "mpi",
+                 "--extra", f"--mpi-ranks 2 --mpi-launcher '{launcher}'"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    job_id = printed.out.strip().splitlines()[-1]
+    deadline = time.monotonic() + 240
+    while not status(job_id).startswith("finished") and time.monotonic() < deadline:
+        time.sleep(1)
+    log = (out / "submit" / "coffea-hpc.log").read_text()
+    assert (out / "output.coffea").exists(), log[-3000:] + slurm_diagnosis(slurm_cluster)
+    assert_same(load(out / "output.coffea"), local_output)
+    merge = json.loads((out / "report.json").read_text())["reduction"]["final_merge"]
+    assert merge["ranks"] == 2 and "mpi_error" not in merge, merge
+
+
 def test_cancel_a_submitted_job(slurm_cluster, fileset_path, tmp_path, capsys):
     site = resolve_site("local-slurm")
     long_job = render_job(site, ["x.py:P", "-f", str(fileset_path), "-o", str(tmp_path)],

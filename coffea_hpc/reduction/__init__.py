@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from coffea_hpc.errors import MergeError
+from coffea_hpc.reduction._spillfile import SPILL_SUFFIX
 from coffea_hpc.reduction.merge import MergeStats, merge_serial, merge_stream, resolve
 from coffea_hpc.reduction.spill import (
     SpilledRef,
@@ -123,7 +124,7 @@ class Reduction:
         refs = list(value.refs)
         if value.value is not None:
             refs.append(spill(value.value, policy.directory))
-        merged = Path(policy.directory) / "mpi-merged.coffea"
+        merged = Path(policy.directory) / f"mpi-merged{SPILL_SUFFIX}"
         with contextlib.ExitStack() as stack:
             if job is None:
                 job = stack.enter_context(MpiMergeJob(self.mpi_ranks, self.mpi_launcher))

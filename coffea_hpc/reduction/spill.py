@@ -24,7 +24,8 @@ from coffea_hpc import output
 from coffea_hpc.processing.result import DeferredValue, merge_values
 from coffea_hpc.reduction._spillfile import SPILL_SUFFIX, fold_spill_file, write_spill_file
 
-__all__ = ["SpillPolicy", "SpillSet", "SpilledRef", "load_spilled", "serialized_size", "spill"]
+__all__ = ["SpillPolicy", "SpillSet", "SpilledRef", "load_spilled", "save_spilled",
+           "serialized_size", "spill"]
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,13 @@ def spill(value: Any, directory: str | Path) -> SpilledRef:
     600; `load_spilled` and the merges also read partials saved in coffea's format.
     """
     directory = output.private_dir(directory)
-    name = f"partial-{uuid.uuid4().hex}"
-    tmp = directory / f".{name}.tmp"
-    path = directory / f"{name}{SPILL_SUFFIX}"
+    return save_spilled(value, directory / f"partial-{uuid.uuid4().hex}{SPILL_SUFFIX}")
+
+
+def save_spilled(value: Any, path: str | Path) -> SpilledRef:
+    """Write ``value`` as a spill file at ``path``, atomically, with mode 600."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         write_spill_file(value, tmp)
         os.chmod(tmp, 0o600)

@@ -12,7 +12,7 @@ import pytest
 
 from coffea_hpc import output
 from coffea_hpc.errors import MergeError
-from coffea_hpc.reduction import merge_stream
+from coffea_hpc.reduction import load_spilled, merge_stream
 from coffea_hpc.reduction.buffers import fold_buffers, raw_view, skeleton
 from coffea_hpc.reduction.mpi_job import run_mpi_merge
 from tests.helpers import assert_same
@@ -30,11 +30,14 @@ def serial(partial_files):
     return merge_stream(partial_files)
 
 
-@pytest.mark.parametrize("ranks", [1, 2, 4])
-def test_mpi_merge_equals_serial(partial_files, serial, tmp_path, ranks):
-    out = tmp_path / "merged.coffea"
+@pytest.mark.parametrize(("ranks", "name"), [(1, "merged.coffea"), (2, "merged.coffea"),
+                                           (4, "merged.coffea"), (2, "merged.cspill")])
+def test_mpi_merge_equals_serial(partial_files, serial, tmp_path, ranks, name):
+    """In coffea's format, or as a spill file (what a run's driver reads back)."""
+    out = tmp_path / name
     stats = run_mpi_merge([partial_files[0].parent], out, ranks=ranks, timeout=120)
-    assert_same(output.load(out), serial)
+    assert_same(load_spilled(out), serial)
+    assert out.stat().st_mode & 0o077 == 0  # private to the user, like every run file
     assert stats.ranks == ranks and stats.inputs == len(partial_files)
     assert stats.bytes_read == sum(p.stat().st_size for p in partial_files)
     assert len(stats.extra["peak_rss_per_rank"]) == ranks

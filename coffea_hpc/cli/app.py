@@ -102,7 +102,8 @@ def run(
              "(default: enough for two tasks per worker).")] = None,
     reduce: Annotated[str, typer.Option(
         help="Reduction: driver (add results as they come), tree (merge tasks on the "
-             "workers), mpi (an MPI tree-merge at the end).")] = "driver",
+             "workers), mpi (an MPI tree-merge at the end, its ranks started with "
+             "processing; the driver merges if MPI fails).")] = "driver",
     fan_in: Annotated[int, typer.Option("--fan-in", min=2,
                                         help="Partials per merge task (tree).")] = 8,
     spill_dir: Annotated[Path | None, typer.Option(

@@ -48,6 +48,7 @@ _TAG_SKELETON, _TAG_BUFFER, _TAG_GO = 11, 12, 13
 
 READY = "coffea-hpc-mpi-merge: ready"
 STATS = "coffea-hpc-mpi-merge: stats "
+NO_INPUTS = "coffea-hpc-mpi-merge: no inputs"
 """Lines rank 0 writes on its standard output for the process that started the ranks."""
 
 _POLL_S = 0.002
@@ -189,6 +190,8 @@ def _await_request(comm: Any) -> dict[str, Any] | None:
         print(READY, flush=True)
         line = sys.stdin.readline()
         request = json.loads(line) if line.strip() else None
+        if request is None:
+            print(NO_INPUTS, flush=True)
         comm.Ibarrier().Wait()
     else:
         _idle_until(comm.Ibarrier().Test, pause=0.01)

@@ -30,7 +30,7 @@ from typing import IO
 
 from coffea_hpc.errors import MergeError
 from coffea_hpc.reduction.merge import MergeStats
-from coffea_hpc.reduction.mpi import READY, STATS, expand_inputs
+from coffea_hpc.reduction.mpi import NO_INPUTS, READY, STATS, expand_inputs
 
 __all__ = ["MpiMergeJob", "run_mpi_merge"]
 
@@ -53,6 +53,7 @@ class MpiMergeJob:
             raise MergeError(f"cannot run the MPI merge: {words[0]!r} not found (install the "
                              "'mpi' extra: pip install 'coffea-hpc[mpi]', or use the site's MPI)")
         self.ranks = ranks
+        self._launcher = launcher
         cmd = [exe, *words[1:], "-n", str(ranks), sys.executable, "-m",
                "coffea_hpc.reduction.mpi", "--serve"]
         log.info("MPI merge: starting %s", " ".join(cmd))
@@ -68,6 +69,7 @@ class MpiMergeJob:
         self._started = False
         self._finished = threading.Event()  # set on the stats line, or when the output ends
         self._stats: dict | None = None
+        self._no_inputs = False
         self._tail: collections.deque[str] = collections.deque(maxlen=5)
         self._used = False
         assert self._proc.stdout is not None
@@ -83,6 +85,8 @@ class MpiMergeJob:
             if line == READY:
                 self._started = True
                 self._ready.set()
+            elif line == NO_INPUTS:
+                self._no_inputs = True
             elif line.startswith(STATS):
                 self._stats = json.loads(line[len(STATS):])
                 self._finished.set()
@@ -119,6 +123,9 @@ class MpiMergeJob:
         if data is None:  # the output ended without stats: the job failed
             code = self._proc.wait()
             self._reader.join(timeout=5)
+            if self._no_inputs:
+                raise MergeError(f"the MPI merge's rank 0 read no inputs: {self._launcher!r} "
+                                 "does not pass standard input on to rank 0")
             raise MergeError(f"the MPI merge failed (exit {code}): " + " | ".join(self._tail))
         # the output is written; the ranks finalise MPI and exit while the run goes on
         return MergeStats(inputs=data["inputs"], wall_time_s=data["wall_time_s"],

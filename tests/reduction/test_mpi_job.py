@@ -111,3 +111,16 @@ def test_ranks_that_never_start_are_given_up_on(tmp_path):
     with pytest.raises(MergeError, match=r"did not start within 2 s: .*temporarily disabled"):
         job.merge([], tmp_path / "out.coffea", start_timeout=2)
     assert _gone([launcher], timeout=5)
+
+
+def test_a_launcher_that_keeps_standard_input_from_rank_0_is_named(tmp_path, partial_files):
+    """Inputs travel on rank 0's standard input; a launcher that does not forward it must
+    be named as the cause, not reported as a failed merge with no reason."""
+    mpiexec = Path(sys.executable).with_name("mpiexec")
+    deaf = tmp_path / "deaf-mpiexec"
+    deaf.write_text(f'#!/bin/sh\nexec {mpiexec if mpiexec.exists() else "mpiexec"} "$@" '
+                    "< /dev/null\n")
+    deaf.chmod(0o755)
+    with MpiMergeJob(2, launcher=str(deaf)) as job, pytest.raises(
+            MergeError, match="does not pass standard input on to rank 0"):
+        job.merge(partial_files, tmp_path / "out.coffea", timeout=60)

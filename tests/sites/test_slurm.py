@@ -46,6 +46,12 @@ def _drained(job_id: str = "", timeout: float = 60) -> bool:
     return False
 
 
+def _wait_until_finished(job_id: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not status(job_id).startswith("finished") and time.monotonic() < deadline:
+        time.sleep(1)
+
+
 def test_run_with_pilot_jobs_through_parsls_slurm_provider(slurm_cluster, fileset_path,
                                                            local_output, tmp_path, capsys):
     code = main(["run", "coffea_hpc.examples.dimuon:DimuonProcessor", "-f", str(fileset_path),
@@ -69,9 +75,7 @@ def test_submit_runs_the_driver_inside_an_allocation(slurm_cluster, fileset_path
     assert code == 0, printed.err
     job_id = printed.out.strip().splitlines()[-1]
     record = job_record(job_id)
-    deadline = time.monotonic() + 240
-    while not status(job_id).startswith("finished") and time.monotonic() < deadline:
-        time.sleep(1)
+    _wait_until_finished(job_id)
     log = (out / "submit" / "coffea-hpc.log").read_text()
     assert (out / "output.coffea").exists(), log[-3000:]
     assert_same(load(out / "output.coffea"), local_output)
@@ -99,9 +103,7 @@ def test_submit_with_the_mpi_merge(slurm_cluster, fileset_path, local_output, tm
     printed = capsys.readouterr()
     assert code == 0, printed.err
     job_id = printed.out.strip().splitlines()[-1]
-    deadline = time.monotonic() + 240
-    while not status(job_id).startswith("finished") and time.monotonic() < deadline:
-        time.sleep(1)
+    _wait_until_finished(job_id)
     log = (out / "submit" / "coffea-hpc.log").read_text()
     assert (out / "output.coffea").exists(), log[-3000:] + slurm_diagnosis(slurm_cluster)
     assert_same(load(out / "output.coffea"), local_output)

@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from coffea import processor
 from coffea.nanoevents import NanoAODSchema
@@ -145,7 +146,8 @@ class Slow(DimuonProcessor):
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM],
+                         ids=["kill", "ctrl-c", "sigterm"])
 def test_a_killed_driver_resumes_from_its_checkpoint(fileset_path, runner_output, tmp_path, sig):
     script = tmp_path / "slow.py"
     script.write_text(textwrap.dedent(SLOW_PROCESSOR))
@@ -168,6 +170,10 @@ def test_a_killed_driver_resumes_from_its_checkpoint(fileset_path, runner_output
     if sig == signal.SIGINT:
         assert proc.returncode == 130, log
         assert "rerun with --resume" in log
+    elif sig == signal.SIGTERM:  # scancel, a batch job's time limit
+        assert proc.returncode == 143, log
+        assert "terminated: what was done is saved; rerun with --resume" in log
+        assert json.loads((out / "report.json").read_text())["status"] == "interrupted"
     else:
         assert proc.returncode == -signal.SIGKILL
     saved = load(checkpoint)
@@ -179,3 +185,31 @@ def test_a_killed_driver_resumes_from_its_checkpoint(fileset_path, runner_output
     report = json.loads((out / "report.json").read_text())
     assert report["events"] == 12_000
     assert report["metrics"]["chunks"] == 12
+
+
+def test_sigterm_on_a_parsl_run_leaves_no_process_behind(fileset_path, tmp_path):
+    """What ``scancel`` does to a driver: Parsl's interchange and workers must go with it
+    (an interchange outlived a cancelled batch job before SIGTERM was handled)."""
+    script = tmp_path / "slow.py"
+    script.write_text(textwrap.dedent(SLOW_PROCESSOR).replace("0.25", "1.0"))
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coffea_hpc.cli.app", "run", f"{script}:Slow", "--fileset",
+         str(fileset_path), "-o", str(out), "--executor", "parsl", "--workers", "2",
+         "--chunksize", "1000", "--checkpoint-every", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    checkpoint = out / "checkpoint.coffea"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert checkpoint.exists(), proc.communicate()[0].decode()[-2000:]
+    started = psutil.Process(proc.pid).children(recursive=True)
+    started += [p for p in psutil.process_iter(["cmdline"])
+                if str(out) in " ".join(p.info["cmdline"] or [])]
+    assert any("interchange" in " ".join(p.cmdline()) for p in started)
+    proc.send_signal(signal.SIGTERM)
+    log = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 143, log[-2000:]
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, [" ".join(p.cmdline()) for p in alive]
+    assert 0 < load(checkpoint).processed.n_entries < 12_000

@@ -2,13 +2,16 @@
 
 Errors the user can fix (`UserError`) print as one line and exit 2, without a traceback;
 a chunk that stops the run prints what failed and where the partial results are (exit 1);
-Ctrl-C saves what was done and says how to resume (exit 130).
+Ctrl-C saves what was done and says how to resume (exit 130); so does SIGTERM (exit 143),
+which is how a batch system stops a job (``scancel``, the time limit) before killing it.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -293,6 +296,31 @@ _register_subcommands()
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and turn coffea-hpc errors into one-line messages."""
+    terminated = threading.Event()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        # stop as Ctrl-C does: checkpoint and report written, workers and Parsl's
+        # interchange shut down, before the batch system's SIGKILL follows; once only, so
+        # a second SIGTERM does not break off the shutdown itself
+        if not terminated.is_set():
+            terminated.set()
+            raise KeyboardInterrupt
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
+    try:
+        code = _main(argv)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+    if code == 130:
+        what = "terminated" if terminated.is_set() else "interrupted"
+        console.print(f"{what}: what was done is saved; rerun with --resume to continue")
+        return 143 if terminated.is_set() else 130
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         code = app(args=argv, standalone_mode=False)
     except UserError as err:
@@ -304,7 +332,6 @@ def main(argv: list[str] | None = None) -> int:
                       "(details in the output directory's report.json)", highlight=False)
         return 1
     except KeyboardInterrupt:
-        console.print("interrupted: what was done is saved; rerun with --resume to continue")
         return 130
     except CoffeaHPCError as err:
         console.print(f"[bold red]error:[/bold red] {err}", highlight=False, soft_wrap=True)
@@ -320,9 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         show()
         return int(getattr(err, "exit_code", 2))
-    if code == 130:  # click turns Ctrl-C into this exit code
-        console.print("interrupted: what was done is saved; rerun with --resume to continue")
-    return code if isinstance(code, int) else 0
+    return code if isinstance(code, int) else 0  # click turns Ctrl-C into 130
 
 
 if __name__ == "__main__":

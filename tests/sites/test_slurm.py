@@ -11,6 +11,7 @@ import json
 import subprocess
 import time
 
+import psutil
 import pytest
 from coffea.util import load
 
@@ -123,6 +124,46 @@ def test_cancel_a_submitted_job(slurm_cluster, fileset_path, tmp_path, capsys):
     assert record.job_id in _squeue()
     assert main(["cancel", record.job_id]) == 0
     assert _drained(record.job_id), _squeue()
+
+
+SLOW = """
+import time
+from coffea_hpc.examples.dimuon import DimuonProcessor
+
+class Slow(DimuonProcessor):
+    def process(self, events):
+        time.sleep(1.0)
+        return super().process(events)
+"""
+
+
+def test_cancelling_a_running_driver_saves_its_work_and_leaves_nothing(
+        slurm_cluster, fileset_path, tmp_path, capsys):
+    """scancel sends the driver SIGTERM: it checkpoints, reports, and stops Parsl's
+    interchange and workers before Slurm's SIGKILL (an interchange once outlived its job)."""
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW)
+    out = tmp_path / "out"
+    assert main(["submit", "--site", "local-slurm", f"{script}:Slow", "-f", str(fileset_path),
+                 "-o", str(out), "--chunksize", "1000", "--extra",
+                 "--checkpoint-every 0.2"]) == 0
+    job_id = capsys.readouterr().out.strip().splitlines()[-1]
+    checkpoint = out / "checkpoint.coffea"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.exists(), slurm_diagnosis(slurm_cluster)
+    ours = [p for p in psutil.process_iter(["cmdline"])
+            if str(out) in " ".join(p.info["cmdline"] or [])]
+    interchanges = [p for p in psutil.process_iter(["name", "cmdline"])
+                    if "interchange" in " ".join(p.info["cmdline"] or [])]
+    assert main(["cancel", job_id]) == 0
+    assert _drained(job_id), _squeue()
+    _, alive = psutil.wait_procs(ours + interchanges, timeout=30)
+    assert not alive, [" ".join(p.cmdline()) for p in alive]
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "interrupted"
+    assert 0 < load(checkpoint).processed.n_entries < 12_000
 
 
 def test_the_doctor_passes_on_a_working_site(slurm_cluster, tmp_path):

@@ -1,5 +1,5 @@
-"""What the tests share: what "the same result" means across backends, and a progress
-reporter that remembers what it was shown.
+"""What the tests share: what "the same result" means across backends, a progress
+reporter that remembers what it was shown, and a processor slow enough to be stopped.
 
 Counts (integer storages, counters, sets) must be bit-identical; floating-point sums may differ
 only by summation order, so they are compared with a tight relative tolerance.
@@ -60,3 +60,16 @@ class RecordingReporter:
         self.workers[self._label].append(progress.workers)
 
     finish = update
+
+
+def write_slow_processor(path: Any, seconds_per_chunk: float) -> str:
+    """Write a processor file whose chunks take at least ``seconds_per_chunk``, for tests
+    that stop a run halfway; returns its ``'file.py:Slow'`` name."""
+    path.write_text(
+        "import time\n"
+        "from coffea_hpc.examples.dimuon import DimuonProcessor\n\n"
+        "class Slow(DimuonProcessor):\n"
+        "    def process(self, events):\n"
+        f"        time.sleep({seconds_per_chunk})\n"
+        "        return super().process(events)\n")
+    return f"{path}:Slow"

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from coffea_hpc.backends import ErrorPolicy
 from coffea_hpc.errors import ChunkFailedError
 from coffea_hpc.examples.dimuon import DimuonProcessor
 from coffea_hpc.runner import run
-from tests.helpers import assert_same
+from tests.helpers import assert_same, write_slow_processor
 
 
 class RecordingProcessor(DimuonProcessor):
@@ -135,24 +134,12 @@ def test_skipped_chunks_are_reported_not_lost(fileset, tmp_path):
     assert "Traceback" in outcome.report["failed_chunks"][0]["traceback"]
 
 
-SLOW_PROCESSOR = """
-import time
-from coffea_hpc.examples.dimuon import DimuonProcessor
-
-class Slow(DimuonProcessor):
-    def process(self, events):
-        time.sleep(0.25)
-        return super().process(events)
-"""
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM],
                          ids=["kill", "ctrl-c", "sigterm"])
 def test_a_killed_driver_resumes_from_its_checkpoint(fileset_path, runner_output, tmp_path, sig):
-    script = tmp_path / "slow.py"
-    script.write_text(textwrap.dedent(SLOW_PROCESSOR))
+    slow = write_slow_processor(tmp_path / "slow.py", 0.25)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "coffea_hpc.cli.app", "run", f"{script}:Slow",
+    cmd = [sys.executable, "-m", "coffea_hpc.cli.app", "run", slow,
            "--fileset", str(fileset_path), "-o", str(out), "--executor", "iterative",
            "--chunksize", "1000", "--checkpoint-every", "0.2"]
     # a shell without job control starts children with SIGINT ignored; undo that, as a
@@ -190,11 +177,10 @@ def test_a_killed_driver_resumes_from_its_checkpoint(fileset_path, runner_output
 def test_sigterm_on_a_parsl_run_leaves_no_process_behind(fileset_path, tmp_path):
     """What ``scancel`` does to a driver: Parsl's interchange and workers must go with it
     (an interchange outlived a cancelled batch job before SIGTERM was handled)."""
-    script = tmp_path / "slow.py"
-    script.write_text(textwrap.dedent(SLOW_PROCESSOR).replace("0.25", "1.0"))
+    slow = write_slow_processor(tmp_path / "slow.py", 1.0)
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "coffea_hpc.cli.app", "run", f"{script}:Slow", "--fileset",
+        [sys.executable, "-m", "coffea_hpc.cli.app", "run", slow, "--fileset",
          str(fileset_path), "-o", str(out), "--executor", "parsl", "--workers", "2",
          "--chunksize", "1000", "--checkpoint-every", "0.2"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

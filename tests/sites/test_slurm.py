@@ -21,7 +21,7 @@ from coffea_hpc.runner import run
 from coffea_hpc.sites import resolve_site
 from coffea_hpc.sites.check import check_site
 from coffea_hpc.sites.submit import job_record, render_job, status
-from tests.helpers import assert_same
+from tests.helpers import assert_same, write_slow_processor
 from tests.sites.conftest import slurm_diagnosis
 
 pytestmark = pytest.mark.slurm
@@ -126,25 +126,13 @@ def test_cancel_a_submitted_job(slurm_cluster, fileset_path, tmp_path, capsys):
     assert _drained(record.job_id), _squeue()
 
 
-SLOW = """
-import time
-from coffea_hpc.examples.dimuon import DimuonProcessor
-
-class Slow(DimuonProcessor):
-    def process(self, events):
-        time.sleep(1.0)
-        return super().process(events)
-"""
-
-
 def test_cancelling_a_running_driver_saves_its_work_and_leaves_nothing(
         slurm_cluster, fileset_path, tmp_path, capsys):
     """scancel sends the driver SIGTERM: it checkpoints, reports, and stops Parsl's
     interchange and workers before Slurm's SIGKILL (an interchange once outlived its job)."""
-    script = tmp_path / "slow.py"
-    script.write_text(SLOW)
+    slow = write_slow_processor(tmp_path / "slow.py", 1.0)
     out = tmp_path / "out"
-    assert main(["submit", "--site", "local-slurm", f"{script}:Slow", "-f", str(fileset_path),
+    assert main(["submit", "--site", "local-slurm", slow, "-f", str(fileset_path),
                  "-o", str(out), "--chunksize", "1000", "--extra",
                  "--checkpoint-every 0.2"]) == 0
     job_id = capsys.readouterr().out.strip().splitlines()[-1]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from coffea_hpc.backends._base import PoolBackend, run_element
+from coffea_hpc.backends._watchdog import Watchdog
 from coffea_hpc.backends.protocol import WorkElement
 from coffea_hpc.errors import BackendError
 
@@ -137,6 +138,7 @@ class ParslBackend(PoolBackend):
         self._executors = list(executors) if executors else "all"
         self._merge_executors = list(merge_executors) if merge_executors else self._executors
         self._dfk: Any = None
+        self._watchdog: Watchdog | None = None
         self._app: Any = None
         self._merge_app: Any = None
 
@@ -182,6 +184,9 @@ class ParslBackend(PoolBackend):
             self._dfk = DataFlowKernel(config)
         except Exception as err:
             raise BackendError(f"starting Parsl failed: {type(err).__name__}: {err}") from err
+        interchanges = [executor.interchange_proc.pid for executor in self._dfk.executors.values()
+                        if getattr(executor, "interchange_proc", None) is not None]
+        self._watchdog = Watchdog(interchanges) if interchanges else None
         self._app = python_app(run_element, data_flow_kernel=self._dfk,
                                executors=self._executors)
         self._merge_app = python_app(run_element, data_flow_kernel=self._dfk,
@@ -192,6 +197,8 @@ class ParslBackend(PoolBackend):
         if self._dfk is not None:
             try:
                 self._dfk.cleanup()
+                if self._watchdog is not None:
+                    self._watchdog.release()
             finally:
                 self._dfk = None
                 self._app = self._merge_app = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import time
 
 import psutil
 import pytest
@@ -56,3 +57,54 @@ def test_progress_shows_a_run_waiting_for_its_workers(tmp_path, fileset, dimuon,
     assert recorder.workers["processing"][-1] == 2
     assert "preprocessing: 0 workers connected" in caplog.text
     assert "2 workers connected" in caplog.text
+
+
+KILLED_DRIVER = """
+import sys, time
+from coffea_hpc.backends.parsl import ParslBackend
+backend = ParslBackend(workers=1, run_dir=sys.argv[1]).__enter__()
+print(next(iter(backend.dfk.executors.values())).interchange_proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _interchange_pid(backend: ParslBackend) -> int:
+    return next(e for e in backend.dfk.executors.values()
+                if getattr(e, "interchange_proc", None)).interchange_proc.pid
+
+
+def test_a_driver_killed_outright_leaves_no_interchange_or_worker(tmp_path):
+    """SIGKILL gives the driver no chance to stop Parsl; its watchdog must."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "runinfo"
+    driver = subprocess.Popen([sys.executable, "-c", KILLED_DRIVER, str(run_dir)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        interchange = psutil.Process(int(driver.stdout.readline()))
+        workers = []
+        for _ in range(100):  # the block starts a moment after the interchange
+            workers = [p for p in psutil.process_iter(["cmdline"])
+                       if str(run_dir) in " ".join(p.info["cmdline"] or [])
+                       and "process_worker_pool" in " ".join(p.info["cmdline"] or [])]
+            if workers:
+                break
+            time.sleep(0.1)
+        assert workers, "no worker pool started"
+        driver.kill()
+        driver.wait()
+        _, alive = psutil.wait_procs([interchange], timeout=15)
+        assert not alive, "the interchange outlived its driver"
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, "workers outlived their interchange"
+    finally:
+        driver.kill()
+
+
+def test_a_clean_stop_releases_the_watchdog(tmp_path):
+    with ParslBackend(workers=1, run_dir=tmp_path / "runinfo") as backend:
+        watchdog = backend._watchdog._proc
+        interchange = psutil.Process(_interchange_pid(backend))
+    assert watchdog.wait(5) == 0
+    assert not interchange.is_running()

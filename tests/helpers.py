@@ -73,3 +73,16 @@ def write_slow_processor(path: Any, seconds_per_chunk: float) -> str:
         f"        time.sleep({seconds_per_chunk})\n"
         "        return super().process(events)\n")
     return f"{path}:Slow"
+
+
+def processes_mentioning(*words: str) -> list[Any]:
+    """Running processes whose command line contains every one of ``words`` (a run's
+    output directory, ``process_worker_pool``, ...): what a stopped run must not leave."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        if all(word in line for word in words):
+            found.append(proc)
+    return found

@@ -20,7 +20,7 @@ from coffea_hpc.backends import ErrorPolicy
 from coffea_hpc.errors import ChunkFailedError
 from coffea_hpc.examples.dimuon import DimuonProcessor
 from coffea_hpc.runner import run
-from tests.helpers import assert_same, write_slow_processor
+from tests.helpers import assert_same, processes_mentioning, write_slow_processor
 
 
 class RecordingProcessor(DimuonProcessor):
@@ -190,8 +190,7 @@ def test_sigterm_on_a_parsl_run_leaves_no_process_behind(fileset_path, tmp_path)
         time.sleep(0.1)
     assert checkpoint.exists(), proc.communicate()[0].decode()[-2000:]
     started = psutil.Process(proc.pid).children(recursive=True)
-    started += [p for p in psutil.process_iter(["cmdline"])
-                if str(out) in " ".join(p.info["cmdline"] or [])]
+    started += processes_mentioning(str(out))
     assert any("interchange" in " ".join(p.cmdline()) for p in started)
     proc.send_signal(signal.SIGTERM)
     log = proc.communicate(timeout=120)[0].decode()

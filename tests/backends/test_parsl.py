@@ -14,7 +14,7 @@ import pytest
 from coffea_hpc.backends import make_backend
 from coffea_hpc.backends.parsl import ParslBackend, local_htex_config
 from coffea_hpc.runner import run
-from tests.helpers import RecordingReporter
+from tests.helpers import RecordingReporter, processes_mentioning
 
 
 def test_local_pool_processes_skip_globus_compute_but_the_driver_keeps_it(tmp_path):
@@ -85,9 +85,7 @@ def test_a_driver_killed_outright_leaves_no_interchange_or_worker(tmp_path):
         interchange = psutil.Process(int(driver.stdout.readline()))
         workers = []
         for _ in range(100):  # the block starts a moment after the interchange
-            workers = [p for p in psutil.process_iter(["cmdline"])
-                       if str(run_dir) in " ".join(p.info["cmdline"] or [])
-                       and "process_worker_pool" in " ".join(p.info["cmdline"] or [])]
+            workers = processes_mentioning(str(run_dir), "process_worker_pool")
             if workers:
                 break
             time.sleep(0.1)

@@ -21,7 +21,7 @@ from coffea_hpc.runner import run
 from coffea_hpc.sites import resolve_site
 from coffea_hpc.sites.check import check_site
 from coffea_hpc.sites.submit import job_record, render_job, status
-from tests.helpers import assert_same, write_slow_processor
+from tests.helpers import assert_same, processes_mentioning, write_slow_processor
 from tests.sites.conftest import slurm_diagnosis
 
 pytestmark = pytest.mark.slurm
@@ -141,10 +141,8 @@ def test_cancelling_a_running_driver_saves_its_work_and_leaves_nothing(
     while not checkpoint.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert checkpoint.exists(), slurm_diagnosis(slurm_cluster)
-    ours = [p for p in psutil.process_iter(["cmdline"])
-            if str(out) in " ".join(p.info["cmdline"] or [])]
-    interchanges = [p for p in psutil.process_iter(["name", "cmdline"])
-                    if "interchange" in " ".join(p.info["cmdline"] or [])]
+    ours = processes_mentioning(str(out))
+    interchanges = processes_mentioning("interchange")
     assert main(["cancel", job_id]) == 0
     assert _drained(job_id), _squeue()
     _, alive = psutil.wait_procs(ours + interchanges, timeout=30)

@@ -62,12 +62,14 @@ class Chunk:
 def even_steps(n_entries: int, chunksize: int) -> list[tuple[int, int]]:
     """Split ``n_entries`` into near-equal ranges of about ``chunksize`` (coffea's rule).
 
-    A file with no entries gives no ranges: there is nothing to process in it.
+    A file with no entries gives one empty range, as coffea's Runner does: the processor is
+    still called (with no events), so its output carries the file's dataset as a category, the
+    file in a set of files, a cut flow of zeros.
     """
     if chunksize < 1:
         raise ValueError(f"chunksize must be positive, got {chunksize}")
     if n_entries <= 0:
-        return []
+        return [(0, 0)]
     n = max(round(n_entries / chunksize), 1)
     size = math.ceil(n_entries / n)
     return [(start, min(start + size, n_entries)) for start in range(0, n_entries, size)]
@@ -79,7 +81,7 @@ def aligned_steps(
     """Ranges that start and stop on ROOT cluster boundaries, each at least ``chunksize``
     entries where the file allows, so no basket is decompressed by two chunks."""
     if n_entries <= 0:
-        return []
+        return [(0, 0)]
     bounds = sorted({b for b in cluster_starts if 0 < b < n_entries})
     steps: list[tuple[int, int]] = []
     start = 0
@@ -117,4 +119,4 @@ def chunks_of(
 def _steps_of(f: File) -> Iterable[tuple[int, int]]:
     if f.steps is None:
         raise ValueError(f"file {f.path!r} is not preprocessed (no steps)")
-    return [(a, b) for a, b in f.steps if b > a]
+    return [(a, b) for a, b in f.steps if b >= a]

@@ -8,7 +8,7 @@ retried chunk, a resumed run or a hand-merged partial safe.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 from coffea_hpc.errors import OverlapError
 
@@ -19,7 +19,12 @@ TreeKey = tuple[str, str, str]
 
 
 class EntryRanges:
-    """Disjoint, coalesced half-open entry ranges per (dataset, file, tree)."""
+    """Disjoint, coalesced half-open entry ranges per (dataset, file, tree).
+
+    An empty range is kept too (only a file with no entries has one, its single chunk
+    ``[0, 0)``): the processor ran over it, and running it again would count twice whatever
+    the processor counts per chunk.
+    """
 
     __slots__ = ("_ranges",)
 
@@ -75,9 +80,15 @@ class EntryRanges:
         return out
 
     def _insert(self, key: TreeKey, start: int, stop: int) -> None:
-        if stop <= start:
+        if stop < start:
             return
         spans = self._ranges.setdefault(key, [])
+        if stop == start:
+            if any(a <= start <= b for a, b in spans):
+                self._clash(key, start, stop, (start, stop))
+            spans.append((start, stop))
+            spans.sort()
+            return
         # find the insertion point; spans are sorted and disjoint
         lo, hi = 0, len(spans)
         while lo < hi:
@@ -89,13 +100,7 @@ class EntryRanges:
         before = spans[lo - 1] if lo > 0 else None
         after = spans[lo] if lo < len(spans) else None
         if (before and before[1] > start) or (after and after[0] < stop):
-            clash = before if before and before[1] > start else after
-            dataset, filename, tree = key
-            raise OverlapError(
-                f"entries [{start}, {stop}) of {filename}:{tree} (dataset {dataset!r}) are "
-                f"already counted in [{clash[0]}, {clash[1]}): adding these results would "
-                "double count"
-            )
+            self._clash(key, start, stop, before if before and before[1] > start else after)
         if before and before[1] == start:
             start = before[0]
             lo -= 1
@@ -104,6 +109,16 @@ class EntryRanges:
             stop = spans[lo][1]
             del spans[lo]
         spans.insert(lo, (start, stop))
+
+    @staticmethod
+    def _clash(key: TreeKey, start: int, stop: int, clash: tuple[int, int] | None) -> NoReturn:
+        assert clash is not None
+        dataset, filename, tree = key
+        raise OverlapError(
+            f"entries [{start}, {stop}) of {filename}:{tree} (dataset {dataset!r}) are "
+            f"already counted in [{clash[0]}, {clash[1]}): adding these results would "
+            "double count"
+        )
 
     def to_json(self) -> list[dict[str, Any]]:
         return [

@@ -37,9 +37,35 @@ def test_even_steps_tile_the_file(n, size):
     assert len(steps) <= max(round(n / size), 1)
 
 
-def test_a_file_without_entries_gives_no_work():
-    assert even_steps(0, 100) == []
-    assert aligned_steps([0], 0, 100) == []
+def test_a_file_without_entries_gives_one_empty_chunk():
+    assert even_steps(0, 100) == [(0, 0)]
+    assert aligned_steps([0], 0, 100) == [(0, 0)]
+
+
+@pytest.mark.parametrize("limit", [None, 1, 2])
+def test_empty_files_are_chunked_as_coffea_runner_chunks_them(tmp_path, limit):
+    from coffea_hpc.data.synthetic import SyntheticDataset, generate
+
+    fs = generate(tmp_path, events_per_file=500, datasets=(
+        SyntheticDataset("Skim", "dy", 3, empty_files=2),
+        SyntheticDataset("AllEmpty", "dy", 1, empty_files=1)))
+    runner = processor.Runner(executor=processor.IterativeExecutor(), chunksize=200,
+                              maxchunks=limit)
+    coffea_items = {
+        (i.dataset, i.filename, i.entrystart, i.entrystop)
+        for i in runner.preprocess({ds.name: [f.path for f in ds.files] for ds in fs},
+                                   treename="Events")
+    }
+    with make_backend("iterative") as b:
+        prepared = preprocess(fs, b, chunksize=200).fileset
+    ours = [(c.dataset, c.filename, c.entrystart, c.entrystop)
+            for c in chunks_of(prepared, limit_chunks=limit)]
+    assert len(ours) == len(set(ours))
+    if limit is None:  # coffea's maxchunks takes chunks in an order of its own
+        assert set(ours) == coffea_items
+        assert sum(1 for c in ours if c[2] == c[3] == 0) == 3
+    else:
+        assert len(ours) == len(coffea_items)
 
 
 def test_aligned_steps_end_on_cluster_boundaries():

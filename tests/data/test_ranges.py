@@ -44,3 +44,14 @@ def test_json_and_pickle_round_trip():
     total = EntryRanges.of(KEY, 0, 10) + EntryRanges.of(("d", "/g", "T"), 3, 7)
     assert EntryRanges.from_json(total.to_json()) == total
     assert pickle.loads(pickle.dumps(total)) == total
+
+
+def test_an_empty_range_is_recorded_and_counts_once():
+    """A file with no entries has one chunk, [0, 0): running it twice would count twice
+    whatever the processor counts per chunk (chunks, files, categories)."""
+    empty = EntryRanges.of(KEY, 0, 0)
+    assert empty and empty.n_entries == 0
+    assert empty.covers(KEY, 0, 0) and not EntryRanges().covers(KEY, 0, 0)
+    with pytest.raises(OverlapError, match="double count"):
+        empty + EntryRanges.of(KEY, 0, 0)
+    assert EntryRanges.from_json(empty.to_json()) == empty

@@ -42,13 +42,13 @@ def test_a_prepared_fileset_is_not_reopened(fileset, backend, tmp_path):
         len(f.steps) for _, f in again.fileset.files)
 
 
-def test_an_empty_file_gives_no_work(tmp_path, backend):
+def test_an_empty_file_gives_one_empty_chunk(tmp_path, backend):
     path = tmp_path / "empty.root"
     with uproot.recreate(path) as out:
         out.mktree("Events", {"x": "float32"})
     prepared = preprocess(Fileset.from_mapping({"d": [str(path)]}), backend).fileset
     [(_, f)] = prepared.files
-    assert f.entries == 0 and f.steps == ()
+    assert f.entries == 0 and f.steps == ((0, 0),)
 
 
 @pytest.fixture

@@ -1,24 +1,39 @@
 """Finding the analyst's processor and carrying it to workers.
 
 A processor is named the way people run things from a shell, ``path/to/file.py:Name`` or
-``package.module:Name``. It travels to workers as one cloudpickle payload (code of the
-analyst's own modules by value, so workers need not have their files), and each worker
+``package.module:Name``. It travels to workers as one cloudpickle payload, and each worker
 process unpickles a given payload once and keeps it.
+
+Workers share the driver's Python environment but not its working tree: a remote site, a
+Globus endpoint, or a local worker started elsewhere cannot import the analyst's processor file
+or the modules beside it. So every module the processor reaches that the environment does not
+provide goes into the payload by value; installed packages (coffea, numpy, coffea-hpc itself,
+editable installs included) go by name and are imported on the worker as usual.
 """
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import functools
 import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
 import inspect
+import io
+import json
+import site
 import sys
 import sysconfig
-from collections.abc import Callable
+import threading
+from collections import ChainMap
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
+from types import CodeType, FunctionType, MethodType, ModuleType
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import cloudpickle
 
@@ -90,9 +105,9 @@ class ProcessorHandle:
 
     @classmethod
     def wrap(cls, processor: Any) -> ProcessorHandle:
-        _pickle_user_code_by_value(processor)
         try:
-            payload = cloudpickle.dumps(processor)
+            with _registered_by_value(_user_modules(processor)):
+                payload = _dumps(processor)
         except Exception as err:
             raise ProcessorLoadError(
                 f"the processor cannot be sent to workers: pickling failed with "
@@ -121,7 +136,7 @@ def _import_file(path_text: str) -> ModuleType:
     path = Path(path_text).expanduser()
     if not path.is_file():
         raise ProcessorLoadError(f"processor file {path_text!r} does not exist")
-    name = f"coffea_hpc_user_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}"
+    name = f"{_FILE_MODULE_PREFIX}{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
@@ -173,21 +188,240 @@ def _candidates(module: ModuleType) -> list[str]:
     return out
 
 
-_INSTALLED = tuple(
-    {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}
-)
+# -- carrying the analyst's code -------------------------------------------------------
+
+_FILE_MODULE_PREFIX = "coffea_hpc_user_"
+"""Names of modules imported from a file path: no worker can import them by that name."""
+
+_MAIN_NAMES = frozenset({"__main__", "__mp_main__"})
+_LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), range)
+_REGISTRY_LOCK = threading.Lock()
 
 
-def _pickle_user_code_by_value(processor: Any) -> None:
-    """Make cloudpickle carry the analyst's own modules by value.
+def _user_modules(processor: Any) -> list[ModuleType]:
+    """The analyst's modules that ``processor`` reaches, as cloudpickle should register them.
 
-    Installed packages (coffea, hist, ...) are imported on the worker as usual; code that
-    lives in the analyst's working tree may not be importable there.
+    Follows what pickling the processor would touch (its class and bases, instance
+    attributes, functions' globals, closures and defaults, whole user modules), but never
+    into installed code, so the walk stays small however big the environment is. A user
+    package is returned as its top-level package, which covers all its submodules.
     """
-    owner = processor if inspect.isfunction(processor) else type(processor)
-    module = sys.modules.get(getattr(owner, "__module__", "") or "")
-    if module is None or module.__name__ in ("__main__", "builtins"):
-        return
-    path = getattr(module, "__file__", None) or ""
-    if path and not path.startswith(_INSTALLED):
-        cloudpickle.register_pickle_by_value(module)
+    found: dict[str, ModuleType] = {}
+    verdicts: dict[str, bool] = {}
+    seen: dict[int, Any] = {}  # keeps what it saw alive, so ids stay unique
+
+    def is_user(module: ModuleType) -> bool:
+        name = module.__name__
+        if name not in verdicts:
+            verdicts[name] = name not in _MAIN_NAMES and (
+                name.startswith(_FILE_MODULE_PREFIX) or not _installed(module))
+        return verdicts[name]
+
+    todo = [processor]
+    while todo:
+        obj = todo.pop()
+        if isinstance(obj, _LEAVES) or id(obj) in seen:
+            continue
+        seen[id(obj)] = obj
+        if isinstance(obj, ModuleType):
+            if is_user(obj):
+                found[obj.__name__] = obj
+                todo.extend(vars(obj).values())
+            continue
+        name = (getattr(obj, "__module__", None) if isinstance(obj, type | FunctionType)
+                else type(obj).__module__)
+        home = sys.modules.get(name) if isinstance(name, str) else None
+        if home is not None and is_user(home):
+            todo.append(home)
+        elif home is not None and home.__name__ not in _MAIN_NAMES and not _is_wrapper(obj):
+            continue  # installed code: a worker imports it, nothing of the analyst's inside
+        todo.extend(_references(obj))
+
+    out: dict[str, ModuleType] = {}
+    for module in found.values():
+        top = sys.modules.get(module.__name__.partition(".")[0])
+        target = top if top is not None and is_user(top) else module
+        if sys.modules.get(target.__name__) is target:  # others go by value regardless
+            out[target.__name__] = target
+    return list(out.values())
+
+
+def _is_wrapper(obj: Any) -> bool:
+    return isinstance(obj, list | tuple | set | frozenset | dict | staticmethod | classmethod
+                      | property | MethodType | functools.partial)
+
+
+def _references(obj: Any) -> Iterable[Any]:
+    """What pickling ``obj`` by value would also pickle, as far as it can hold user code."""
+    if isinstance(obj, dict):
+        return [*obj.keys(), *obj.values()]
+    if isinstance(obj, list | tuple | set | frozenset):
+        return obj
+    if isinstance(obj, staticmethod | classmethod):
+        return [obj.__func__]
+    if isinstance(obj, MethodType):
+        return [obj.__func__, obj.__self__]
+    if isinstance(obj, property):
+        return [obj.fget, obj.fset, obj.fdel]
+    if isinstance(obj, functools.partial):
+        return [obj.func, *obj.args, *obj.keywords.values()]
+    if isinstance(obj, type):
+        return [*obj.__bases__, *vars(obj).values()]
+    if isinstance(obj, FunctionType):
+        names = _global_names(obj.__code__)
+        cells = []
+        for cell in obj.__closure__ or ():
+            with contextlib.suppress(ValueError):  # an empty cell
+                cells.append(cell.cell_contents)
+        return [*(v for k, v in obj.__globals__.items() if k in names), *cells,
+                *(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values()]
+    return [type(obj), *getattr(obj, "__dict__", {}).values()]
+
+
+def _global_names(code: CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def _installed(module: ModuleType) -> bool:
+    """Whether a worker in this environment can import ``module`` by its name, whatever its
+    working directory and without the driver's ``PYTHONPATH``.
+
+    True under the interpreter's and the environment's library folders, for top-level
+    modules in folders that ``.pth`` files add to every interpreter (editable installs), and
+    for modules of an installed distribution (also one on ``PYTHONPATH``, as in LCG views).
+    """
+    location = _location(module)
+    if location is None:
+        return True  # built into the interpreter
+    if any(location.is_relative_to(root) for root in _library_roots()):
+        return True
+    top_name = module.__name__.partition(".")[0]
+    top = sys.modules.get(top_name)
+    top_location = _location(top) if top is not None else None
+    if top_location is None or top_location.name.partition(".")[0] != top_name:
+        return False
+    container = top_location.parent
+    if container in _pth_folders():
+        return True
+    return any(_distribution_holds(name, container)
+               for name in _distributions_by_top_level().get(top_name, ()))
+
+
+def _location(module: ModuleType) -> Path | None:
+    """A module's file, or a package's folder."""
+    paths = list(getattr(module, "__path__", None) or ())
+    if paths:
+        return Path(paths[0]).resolve()
+    file = getattr(module, "__file__", None)
+    return Path(file).resolve() if file else None
+
+
+@functools.cache
+def _site_folders() -> tuple[Path, ...]:
+    folders = [*getattr(site, "getsitepackages", list)(), site.getusersitepackages(),
+               *(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))]
+    return tuple(dict.fromkeys(Path(f).resolve() for f in folders if f))
+
+
+@functools.cache
+def _library_roots() -> tuple[Path, ...]:
+    stdlib = (sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib"))
+    return tuple(dict.fromkeys([*(Path(f).resolve() for f in stdlib), *_site_folders()]))
+
+
+@functools.cache
+def _pth_folders() -> frozenset[Path]:
+    """Folders that ``site`` puts on every interpreter's path (hatchling's editable installs,
+    among others)."""
+    out = set()
+    for folder in _site_folders():
+        for pth in sorted(folder.glob("*.pth")) if folder.is_dir() else ():
+            for line in pth.read_text(errors="replace").splitlines():
+                line = line.strip()
+                if line and not line.startswith(("#", "import ", "import\t")):
+                    path = (folder / line).resolve()
+                    if path.is_dir():
+                        out.add(path)
+    return frozenset(out)
+
+
+@functools.cache
+def _distributions_by_top_level() -> dict[str, list[str]]:
+    return dict(importlib.metadata.packages_distributions())
+
+
+def _distribution_holds(name: str, container: Path) -> bool:
+    try:
+        dist = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    if Path(str(dist.locate_file(""))).resolve() == container:
+        return True
+    try:  # an editable install: its source tree holds the module
+        url = json.loads(dist.read_text("direct_url.json") or "{}")
+    except ValueError:
+        return False
+    if not url.get("dir_info", {}).get("editable"):
+        return False
+    parsed = urlparse(url.get("url", ""))
+    return parsed.scheme == "file" and container.is_relative_to(
+        Path(unquote(parsed.path)).resolve())
+
+
+@contextlib.contextmanager
+def _registered_by_value(modules: Iterable[ModuleType]) -> Iterator[None]:
+    """Have cloudpickle carry ``modules`` by value for one dump.
+
+    cloudpickle's registry is process-wide. Kept only for the dump, it changes nothing else
+    in this process: outputs, checkpoints and other runs pickle as they did before.
+    """
+    with _REGISTRY_LOCK:
+        added = [m for m in modules
+                 if m.__name__ not in cloudpickle.list_registry_pickle_by_value()]
+        for module in added:
+            cloudpickle.register_pickle_by_value(module)
+        try:
+            yield
+        finally:
+            for module in added:
+                cloudpickle.unregister_pickle_by_value(module)
+
+
+def _by_value(name: str) -> bool:
+    registry = cloudpickle.list_registry_pickle_by_value()
+    parts = name.split(".")
+    return name not in sys.modules or any(
+        ".".join(parts[:i]) in registry for i in range(1, len(parts) + 1))
+
+
+def _new_module(name: str) -> ModuleType:
+    return ModuleType(name)
+
+
+def _fill_module(module: ModuleType, state: dict[str, Any]) -> None:
+    vars(module).update(state)
+    vars(module)["__builtins__"] = builtins.__dict__
+
+
+def _reduce_module(module: ModuleType) -> tuple[Any, ...]:
+    """Like cloudpickle's, but a module's contents are pickled after the module itself, so
+    modules that refer to each other (``pkg`` holding ``pkg.sub``, which imports ``pkg``)
+    do not recurse forever."""
+    if not _by_value(module.__name__):
+        return importlib.import_module, (module.__name__,)
+    state = {k: v for k, v in vars(module).items() if k != "__builtins__"}
+    return _new_module, (module.__name__,), state, None, None, _fill_module
+
+
+class _Pickler(cloudpickle.Pickler):
+    dispatch_table = ChainMap({ModuleType: _reduce_module}, cloudpickle.Pickler.dispatch_table)
+
+
+def _dumps(obj: Any) -> bytes:
+    with io.BytesIO() as out:
+        _Pickler(out).dump(obj)
+        return out.getvalue()

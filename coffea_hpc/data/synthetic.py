@@ -39,12 +39,17 @@ Z_WIDTH = 2.4952
 
 @dataclass(frozen=True)
 class SyntheticDataset:
-    """One dataset to generate: its process, file count and metadata."""
+    """One dataset to generate: its process, file count and metadata.
+
+    The last ``empty_files`` of its files have the tree but no entries, as skims with no
+    passing events do; real filesets have them, and whole datasets of them.
+    """
 
     name: str
     process: Literal["dy", "ttbar", "data"]
     n_files: int = 2
     metadata: dict[str, Any] = field(default_factory=dict)
+    empty_files: int = 0
 
 
 DEFAULT_DATASETS: tuple[SyntheticDataset, ...] = (
@@ -79,9 +84,10 @@ def generate(
         paths = []
         for f_index in range(ds.n_files):
             path = outdir / ds.name / f"nano_{f_index}.root"
+            n_events = 0 if f_index >= ds.n_files - ds.empty_files else events_per_file
             if overwrite or not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                jobs.append((path, ds, (seed, d_index, f_index), events_per_file, profile,
+                jobs.append((path, ds, (seed, d_index, f_index), n_events, profile,
                              compression, basket_entries, 1 + d_index,
                              f_index * events_per_file))
             paths.append(str(path.resolve()))

@@ -72,7 +72,10 @@ class ChunkFailedError(CoffeaHPCError):
     gives the full result once the cause is fixed.
     """
 
-    def __init__(self, message: str, *, partial: object = None, remaining: object = None):
+    def __init__(self, message: str, *, partial: object = None, remaining: object = None,
+                 failures: tuple[object, ...] = ()):
         super().__init__(message)
         self.partial = partial
         self.remaining = remaining
+        self.failures = failures
+        """Every unit that failed, the one that stopped the run last."""

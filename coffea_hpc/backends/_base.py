@@ -58,7 +58,13 @@ class PoolBackend(abc.ABC):
         if not self._started:
             raise BackendError(f"the {self.name} backend is not started: use it in a 'with' block")
         return FutureTask(work, self.submit, policy, reducer=reducer,
-                          submit_merge=self.submit_merge)
+                          submit_merge=self.submit_merge, window=self.window)
+
+    @property
+    def window(self) -> int | None:
+        """Elements in flight at once: two per worker keeps every worker busy while the
+        driver folds a result in, without queueing the whole fileset up front."""
+        return 2 * self.workers + 2
 
     def connected_workers(self) -> int | None:
         """Workers ready to take elements now, or None where the backend cannot tell.

@@ -4,6 +4,12 @@ Backends differ in where an element runs; what happens when it comes back — fo
 running sum, retry what failed, record what is skipped, stop when the policy says so — is the
 same everywhere and lives here. Futures report through a queue, and all state changes happen
 in the thread that calls into the task, so no locks guard the running sum.
+
+Elements are submitted lazily, at most ``window`` at a time (a few per worker), not all at
+once: work in flight stays proportional to the workers, not to the fileset, and when a chunk
+fails in a way that would stop the run, nothing new starts until its retry has answered. A
+processor that raises on every chunk is then called a handful of times, as coffea's Runner
+stops at the first exception, instead of once or twice for every chunk of the fileset.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import copy
 import logging
 import queue
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
@@ -23,7 +30,7 @@ from coffea_hpc.backends.protocol import (
     TaskStatus,
     WorkElement,
 )
-from coffea_hpc.errors import ChunkFailedError
+from coffea_hpc.errors import ChunkFailedError, MergeError, OverlapError
 from coffea_hpc.processing.result import Failure, RemoteError, Result, merge_values
 
 __all__ = ["FutureLike", "FutureTask", "Reducer"]
@@ -67,8 +74,14 @@ class FutureTask:
         *,
         reducer: Reducer | None = None,
         submit_merge: Submit | None = None,
+        window: int | None = None,
     ) -> None:
+        """``window``: how many elements may be in flight at once (None: no limit, for
+        services that queue and batch on their side)."""
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
         self._work = work
+        self._window = window
         self._submit = submit
         self._submit_merge = submit_merge or submit
         self._policy = policy or ErrorPolicy()
@@ -89,9 +102,13 @@ class FutureTask:
         self._stop: ChunkFailedError | None = None
         self._all_keys = list(work.keys())
         self._started = time.monotonic()
+        self._backlog: deque[WorkElement] = deque()
+        self._probing: set[Hashable] = set()
+        """Keys whose failure would stop the task, being retried: nothing new starts meanwhile."""
         for element in work:
             self._remember(element)
-            self._launch(element)
+            self._backlog.append(element)
+        self._fill()
         if not self._inflight:
             self._status = TaskStatus.COMPLETE
 
@@ -152,6 +169,7 @@ class FutureTask:
     def cancel(self) -> None:
         self._keep_finished()
         self._forget_inflight()
+        self._backlog.clear()
         if self._status in (TaskStatus.PENDING, TaskStatus.RUNNING):
             self._status = TaskStatus.CANCELLED
 
@@ -169,6 +187,15 @@ class FutureTask:
             self._weights.setdefault(key, share)
             if label is not None:
                 self._labels.setdefault(key, label[i])
+
+    def _fill(self) -> None:
+        """Submit waiting elements while the window has room and no failure is in doubt."""
+        while self._backlog and not self._probing and self._status in (TaskStatus.PENDING,
+                                                                       TaskStatus.RUNNING):
+            if self._window is not None and \
+                    len(self._inflight) - len(self._merging) >= self._window:
+                return
+            self._launch(self._backlog.popleft())
 
     def _launch(self, element: WorkElement, *, merge: bool = False) -> None:
         token = self._next_token
@@ -203,6 +230,7 @@ class FutureTask:
             self._schedule_merges()
             if self._status is not TaskStatus.RUNNING:
                 return
+            self._fill()
         if self._status is TaskStatus.RUNNING and not self._inflight:
             self._complete()
 
@@ -215,8 +243,16 @@ class FutureTask:
             result = Result()
             error = RemoteError.from_exception(exc)
             errors = dict.fromkeys(element.keys, error)
-        self._acc.absorb(result.without_failures())
-        self._done.update(k for k in element.keys if k not in errors)
+        try:
+            self._acc.absorb(result.without_failures())
+        except MergeError as err:
+            self._unmergeable(element, err)
+            return
+        unattempted = set(result.unattempted)
+        self._done.update(k for k in element.keys if k not in errors and k not in unattempted)
+        self._probing.difference_update(element.keys)
+        if unattempted:
+            self._backlog.extendleft(reversed(list(self._work.subset(unattempted))))
         retry: list[Hashable] = []
         for key, error in errors.items():
             attempts = self._attempts.get(key, 0) + 1
@@ -228,8 +264,10 @@ class FutureTask:
             if attempts <= self._policy.max_retries:
                 log.info("retrying %s after %s (attempt %d)", label, error.summary(), attempts)
                 retry.append(key)
+                if not error.matches(self._policy.continue_on):
+                    self._probing.add(key)
             elif error.matches(self._policy.continue_on):
-                log.warning("skipping %s: %s", label, error.summary())
+                log.info("skipping %s: %s", label, error.summary())  # summed up at the end
                 failure = Failure(key, error, attempts, label)
                 self._failed[key] = failure
                 self._acc.failures = (*self._acc.failures, failure)
@@ -240,6 +278,22 @@ class FutureTask:
             self._retries += len(retry)
             for element_again in self._work.subset(retry):
                 self._launch(element_again)
+
+    def _unmergeable(self, element: WorkElement, err: MergeError) -> None:
+        """A result that cannot be added to the others (outputs of different types or
+        binnings) stops the task. An in-place merge may have changed part of the running
+        sum before it failed, so none of it is kept: it would count those entries twice
+        after a resume."""
+        key = element.keys[0]
+        dataset = f" (dataset {key[0]!r})" if isinstance(key, tuple) and key else ""
+        overlap = isinstance(err, OverlapError)  # found before anything was added
+        what = "an overlapping result" if overlap else "its output cannot be added to the others'"
+        if not overlap:
+            self._forget_inflight()  # what finished meanwhile might not add up either
+            self._acc = Result()
+            self._done.clear()
+        message = f"{what}{dataset}: {err}"
+        self._halt(key, RemoteError((type(err).__name__,), message), 1)
 
     def _complete(self) -> None:
         """Finish, after checking that every key is either done or recorded as failed."""
@@ -275,11 +329,13 @@ class FutureTask:
         self._status = TaskStatus.FAILED
         self._keep_finished()
         self._forget_inflight()
+        self._backlog.clear()
         self._failed[key] = Failure(key, error, attempts, label)
         stop = ChunkFailedError(
             f"{label}: {error.summary()}{tries}",
             partial=self._acc.without_failures(),
             remaining=self._remaining(),
+            failures=(*self._acc.failures, self._failed[key]),
         )
         stop.failure = self._failed[key]  # type: ignore[attr-defined]
         self._stop = stop

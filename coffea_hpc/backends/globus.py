@@ -216,6 +216,12 @@ class GlobusBackend(PoolBackend):
     def workers(self) -> int:
         return self._workers
 
+    @property
+    def window(self) -> int | None:
+        """No limit: the service takes a few submissions per ten seconds, so tasks go in
+        large batches and queue on the endpoint, not one per returned result."""
+        return None
+
     def use_spill_directory(self, directory: str) -> None:
         """The run's own folder under ``remote_dir``: spills and the output go there."""
         self._run_dir = directory

@@ -113,6 +113,12 @@ class ErrorPolicy:
         """Go on past files that cannot be opened or read (the ``--skip-bad-files`` flag)."""
         return cls(max_retries=max_retries, continue_on=(OSError,))
 
+    @classmethod
+    def continue_on_error(cls, *, max_retries: int = 1) -> ErrorPolicy:
+        """Go on past any chunk that fails, the processor's own exceptions included (the
+        ``--continue-on-error`` flag); every failure is listed in the report."""
+        return cls(max_retries=max_retries, continue_on=(Exception,))
+
 
 @runtime_checkable
 class Task(Protocol):

@@ -116,13 +116,12 @@ class ProcessorHandle:
         return cls(payload, hashlib.sha256(payload).hexdigest()[:16])
 
     def load(self) -> Any:
-        try:
-            return _LOADED[self.digest]
-        except KeyError:
+        processor = _LOADED.get(self.digest)
+        if processor is None:  # unpickled outside an except block: its errors come alone
             processor = cloudpickle.loads(self.payload)
             _LOADED.clear()  # one analysis per worker at a time; do not grow without bound
             _LOADED[self.digest] = processor
-            return processor
+        return processor
 
 
 # -- import helpers -----------------------------------------------------------------------

@@ -34,13 +34,19 @@ class RemoteError:
     traceback: str = ""
 
     @classmethod
-    def from_exception(cls, exc: BaseException) -> RemoteError:
+    def from_exception(cls, exc: BaseException, *, skip_frames_in: str = "") -> RemoteError:
+        """``skip_frames_in``: leading frames from files under this folder are left out of
+        the traceback (coffea-hpc's own, above the analyst's ``process``)."""
         names = tuple(
             f"{t.__module__}.{t.__qualname__}" if t.__module__ != "builtins" else t.__qualname__
             for t in type(exc).__mro__
             if t is not object
         )
-        text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        frames = exc.__traceback__
+        while skip_frames_in and frames is not None and frames.tb_next is not None \
+                and frames.tb_frame.f_code.co_filename.startswith(skip_frames_in):
+            frames = frames.tb_next
+        text = "".join(tb.format_exception(type(exc), exc, frames))
         return cls(names, str(exc), text)
 
     @property
@@ -116,13 +122,16 @@ class Result:
     """An addable partial result.
 
     ``value`` is the processor's output before ``postprocess`` (``None`` when empty);
-    ``processed`` the entries it counted; ``failures`` the work it could not do.
+    ``processed`` the entries it counted; ``failures`` the work it could not do;
+    ``unattempted`` the keys of an element it did not start, because an earlier one failed
+    (they go back to the queue at no cost to their retries).
     """
 
     value: Any = None
     processed: EntryRanges = field(default_factory=EntryRanges)
     failures: tuple[Failure, ...] = ()
     metrics: dict[str, Any] = field(default_factory=dict)
+    unattempted: tuple[Hashable, ...] = ()
     _owned: bool = field(default=False, repr=False, compare=False)
 
     @property
@@ -160,4 +169,4 @@ class Result:
         return self
 
     def without_failures(self) -> Result:
-        return replace(self, failures=())
+        return replace(self, failures=(), unattempted=())

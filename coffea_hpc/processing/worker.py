@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
+import os
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -37,6 +38,9 @@ SCHEMAS = {
 }
 
 _BUILDER: EventsBuilder | None = None
+
+_OWN_CODE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+"""coffea-hpc's folder: its frames are left out of the tracebacks shown to analysts."""
 
 
 def resolve_schema(name: str) -> type[schemas.BaseSchema]:
@@ -94,21 +98,29 @@ def process_chunks(
 
     With ``spill``, the running sum is written to storage whenever it reaches the policy's
     threshold (and at the end if it is at least that big), and only references are returned.
+    The first chunk that fails ends the batch: the chunks after it are returned unattempted,
+    so a processor that raises on every chunk is not called for all of them.
     """
-    proc = processor.load()
-    schemaclass = resolve_schema(schema)
+    try:
+        proc = processor.load()
+        schemaclass = resolve_schema(schema)
+    except Exception as exc:  # the analyst's code cannot be loaded here: data, not a crash
+        error = RemoteError.from_exception(exc, skip_frames_in=_OWN_CODE)
+        return Result(failures=(Failure(chunks[0].key, error, label=chunks[0].describe()),),
+                      unattempted=tuple(c.key for c in chunks[1:]))
     acc = Result()
     failures: list[Failure] = []
     spilled: list[SpilledRef] = []
+    unattempted: tuple[Any, ...] = ()
     with _fewer_gc_pauses():
-        for chunk in chunks:
+        for i, chunk in enumerate(chunks):
             try:
                 acc.absorb(_process_one(proc, chunk, schemaclass, metrics))
             except Exception as exc:
-                failures.append(
-                    Failure(chunk.key, RemoteError.from_exception(exc), label=chunk.describe())
-                )
-                continue
+                error = RemoteError.from_exception(exc, skip_frames_in=_OWN_CODE)
+                failures.append(Failure(chunk.key, error, label=chunk.describe()))
+                unattempted = tuple(c.key for c in chunks[i + 1:])
+                break
             if spill is not None and spill.threshold > 0 and acc.value is not None \
                     and serialized_size(acc.value) >= spill.threshold:
                 spilled.append(spill_value(acc.value, spill.directory))
@@ -120,6 +132,7 @@ def process_chunks(
     if spilled:
         acc.value = SpillSet(tuple(spilled), acc.value)
     acc.failures = tuple(failures)
+    acc.unattempted = unattempted
     return acc
 
 

@@ -33,7 +33,10 @@ def test_unknown_schemas_are_user_errors(name):
         resolve_schema(name)
 
 
-def test_one_bad_chunk_does_not_lose_its_batch(fileset):
+def test_a_bad_chunk_ends_its_batch_keeping_what_was_done(fileset):
+    """The chunks before it are kept; those after it come back unattempted (the task puts
+    them back in the queue at no cost), so a processor that raises on every chunk is not
+    called for the whole batch. The traceback starts in the analyst's code."""
     path = fileset.datasets["DYJetsToLL"].files[0].path
 
     def picky(events):
@@ -44,9 +47,13 @@ def test_one_bad_chunk_does_not_lose_its_batch(fileset):
     chunks = [Chunk("DYJetsToLL", path, "Events", a, a + 1000) for a in (0, 1000, 2000)]
     result = process_chunks(ProcessorHandle.wrap(picky), chunks, "nanoaod")
     assert [f.key for f in result.failures] == [chunks[1].key]
-    assert result.failures[0].error.type_name == "ZeroDivisionError"
-    assert result.processed.n_entries == 2000
-    assert result.metrics["chunks"] == 2
+    error = result.failures[0].error
+    assert error.type_name == "ZeroDivisionError"
+    assert error.traceback.splitlines()[1].endswith("in picky")
+    assert "coffea_hpc" not in error.traceback
+    assert result.processed.n_entries == 1000
+    assert result.unattempted == (chunks[2].key,)
+    assert result.metrics["chunks"] == 1
 
 
 def test_workers_unpickle_work_without_the_fileset_model():

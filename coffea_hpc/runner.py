@@ -24,11 +24,11 @@ from coffea_hpc import output as files
 from coffea_hpc.backends import Backend, ErrorPolicy, Task, make_backend
 from coffea_hpc.data.chunks import Chunk, chunks_of
 from coffea_hpc.data.fileset import Fileset
-from coffea_hpc.errors import ChunkFailedError, UserError
+from coffea_hpc.errors import ChunkFailedError, CoffeaHPCError, UserError
 from coffea_hpc.output import RemoteOutput
 from coffea_hpc.processing.preprocess import Preprocessed, preprocess
 from coffea_hpc.processing.processor import ProcessorHandle, load_processor, postprocess
-from coffea_hpc.processing.result import Result
+from coffea_hpc.processing.result import Failure, Result
 from coffea_hpc.processing.worker import resolve_schema
 from coffea_hpc.processing.workload import Workload
 from coffea_hpc.progress import Reporter
@@ -82,7 +82,13 @@ class _Checkpointer:
     def write(self, partial: Result) -> None:
         if self.path is None or (partial.is_empty and self.base.is_empty):
             return
-        files.save(self.base + partial, self.path)
+        self.write_total(self.base + partial)
+
+    def write_total(self, total: Result) -> None:
+        """Checkpoint a total that already includes ``base`` (the end of a run)."""
+        if self.path is None:
+            return
+        files.save(total, self.path)
         self._last = time.monotonic()
         log.info("checkpoint written to %s", self.path)
 
@@ -166,9 +172,12 @@ def run(
             if isinstance(err.partial, Result):
                 checkpoint.write(err.partial)
             checkpoint.discard(getattr(task, "take_garbage", list)())
-            _write_report(out_dir, _report("failed", started, backend, prep, work,
-                                           checkpoint.base + _partial(err), stages,
-                                           error=str(err)))
+            done = checkpoint.base + _partial(err)
+            done.failures = (*done.failures, *err.failures)
+            err.resumable = bool(done.processed) and checkpoint_path is not None
+            err.report_path = _write_report(out_dir, _report("failed", started, backend, prep,
+                                                             work, done, stages,
+                                                             error=str(err)))
             raise
         except BaseException:
             partial, _ = task.partial_result()
@@ -179,19 +188,28 @@ def run(
             raise
 
         total = checkpoint.base + result
-        with stages("final_merge"):
-            if remote_storage is not None:  # merge where the partials are
-                checkpoint.discard(getattr(task, "take_garbage", list)())
-                total.value = backend.finish(total.value, handle)  # type: ignore[union-attr]
-            total.value, merge_stats = reduction.finish(total.value, spill, merge_job)
+        with _kept_for_resume("final_merge", checkpoint, total, out_dir,
+                              lambda status, **kw: _report(status, started, backend, prep,
+                                                           work, total, stages, **kw)):
+            unmerged = total.value
+            with stages("final_merge"):
+                if remote_storage is not None:  # merge where the partials are
+                    checkpoint.discard(getattr(task, "take_garbage", list)())
+                    total.value = backend.finish(total.value, handle)  # type: ignore[union-attr]
+                total.value, merge_stats = reduction.finish(total.value, spill, merge_job)
         stopping = time.perf_counter()  # the backend stops as the block ends
     stages.add("stop", time.perf_counter() - stopping)
 
     remote = total.value if isinstance(total.value, RemoteOutput) else None
-    with stages("output"):
-        final = None if remote else postprocess(proc, total.value)
+    merged, total.value = total.value, unmerged  # a failed write resumes from the partials
+    with _kept_for_resume("output", checkpoint, total, out_dir,
+                          lambda status, **kw: _report(status, started, backend, prep, work,
+                                                       total, stages, **kw)), \
+            stages("output"):
+        final = None if remote else postprocess(proc, merged)
         if out_dir is not None and remote is None:
             files.save(final, out_dir / files.OUTPUT_NAME)
+    total.value = merged
     report = _report("complete" if not total.failures else "incomplete", started, backend, prep,
                      work, total, stages)
     report["reduction"] = {"mode": reduction.mode, "merge_tasks": total.metrics.get("merges", 0),
@@ -228,6 +246,35 @@ class _Stages:
             yield
         finally:
             self.add(name, time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _kept_for_resume(stage: str, checkpoint: _Checkpointer, total: Result,
+                     out_dir: Path | None, report: Callable[..., dict[str, Any]]) -> Iterator[None]:
+    """If the end of a run fails (a merge, writing the output), every chunk is processed
+    and nothing of it may be lost: the total (spilled partials by reference) is
+    checkpointed, the report says what failed, and ``--resume`` redoes only the end."""
+    try:
+        yield
+    except BaseException as err:
+        saved = False
+        if checkpoint.path is not None:
+            try:
+                checkpoint.write_total(total)
+                saved = True
+            except Exception as again:  # a full disk: the last periodic checkpoint stays
+                log.warning("could not checkpoint after the failed %s: %s", stage, again)
+        what = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        row = report(status, error=f"{stage.replace('_', ' ')} failed: {what}"
+                     if status == "failed" else None)
+        row["failed_stage"] = stage
+        if isinstance(err, CoffeaHPCError):
+            err.resumable = saved  # type: ignore[attr-defined]
+            err.report_path = _write_report(out_dir, row)  # type: ignore[attr-defined]
+        else:
+            _write_report(out_dir, row)
+        raise
 
 
 def _delete_spilled(values: list[Any]) -> None:
@@ -328,11 +375,7 @@ def _report(
         "events": entries,
         "events_per_s": round(entries / wall, 1) if wall > 0 else None,
         "datasets": datasets,
-        "failed_chunks": [
-            {"chunk": f.label or str(f.key), "error": f.error.summary(), "attempts": f.attempts,
-             "traceback": f.error.traceback}
-            for f in result.failures
-        ],
+        "failed_chunks": [_failure_row(f) for f in result.failures],
         "skipped_files": [
             {"file": f.label or str(f.key), "error": f.error.summary()} for f in prep.skipped
         ],
@@ -347,9 +390,23 @@ def _report(
     }
 
 
-def _write_report(out_dir: Path | None, report: dict[str, Any]) -> None:
-    if out_dir is not None:
-        files.write_json(report, out_dir / files.REPORT_NAME)
+def _failure_row(failure: Failure) -> dict[str, Any]:
+    """A failed chunk as the analyst needs it: where, what, and the processor's traceback."""
+    row: dict[str, Any] = {"chunk": failure.label or str(failure.key)}
+    if isinstance(failure.key, tuple) and len(failure.key) == 5:
+        dataset, filename, treename, start, stop = failure.key
+        row.update(dataset=dataset, file=filename, treename=treename, entrystart=start,
+                   entrystop=stop)
+    row.update(exception=failure.error.type_name, message=failure.error.message,
+               error=failure.error.summary(), attempts=failure.attempts,
+               traceback=failure.error.traceback)
+    return row
+
+
+def _write_report(out_dir: Path | None, report: dict[str, Any]) -> Path | None:
+    if out_dir is None:
+        return None
+    return files.write_json(report, out_dir / files.REPORT_NAME)
 
 
 def _versions() -> dict[str, str]:

@@ -198,3 +198,134 @@ def test_sigterm_on_a_parsl_run_leaves_no_process_behind(fileset_path, tmp_path)
     _, alive = psutil.wait_procs(started, timeout=30)
     assert not alive, [" ".join(p.cmdline()) for p in alive]
     assert 0 < load(checkpoint).processed.n_entries < 12_000
+
+
+BROKEN_ANALYSIS = '''
+from pathlib import Path
+from coffea import processor
+
+CALLS = Path(__file__).with_name("calls.txt")
+
+
+def check_muons(events):
+    raise ValueError(f"broken analysis code in {events.metadata['dataset']}")
+
+
+class Broken(processor.ProcessorABC):
+    def process(self, events):
+        with open(CALLS, "a") as log:
+            log.write("called\\n")
+        return check_muons(events)
+
+    def postprocess(self, accumulator):
+        return accumulator
+'''
+
+
+@pytest.mark.parametrize("backend", ["futures", "parsl"])
+def test_a_processor_bug_stops_the_run_early_and_is_reported(fileset, tmp_path, backend):
+    """coffea's Runner stops at the first exception; a run stops once the failing chunk
+    has used its retries, having called the processor a handful of times, not for every
+    chunk, and the report names the chunk with the analyst's own traceback."""
+    (tmp_path / "broken.py").write_text(BROKEN_ANALYSIS)
+    out = tmp_path / "out"
+    with pytest.raises(ChunkFailedError, match="broken analysis code") as info:
+        run(f"{tmp_path / 'broken.py'}:Broken", fileset, backend=backend, workers=2,
+            chunksize=100, output_dir=out, policy=ErrorPolicy(max_retries=1))
+    n_chunks = 4 * 30
+    calls = len((tmp_path / "calls.txt").read_text().splitlines())
+    assert calls <= 2 * (2 * 2 + 2), f"{calls} calls for {n_chunks} chunks"
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "failed"
+    [failed] = report["failed_chunks"]
+    assert failed["exception"] == "ValueError" and failed["attempts"] == 2
+    assert failed["message"].startswith("broken analysis code in")
+    assert failed["dataset"] in {ds.name for ds in fileset}
+    assert Path(failed["file"]).exists() and failed["entrystop"] > failed["entrystart"]
+    frames = failed["traceback"].splitlines()
+    assert frames[1].endswith("in process") and "in check_muons" in failed["traceback"]
+    assert "parsl" not in failed["traceback"] and "coffea_hpc" not in failed["traceback"]
+    assert not info.value.resumable  # nothing was processed: nothing to resume
+
+
+def test_continue_on_error_goes_on_and_lists_every_failure(fileset, tmp_path):
+    (tmp_path / "broken.py").write_text(BROKEN_ANALYSIS)
+    outcome = run(f"{tmp_path / 'broken.py'}:Broken", fileset, backend="futures", workers=2,
+                  chunksize=1_000, output_dir=tmp_path / "out",
+                  policy=ErrorPolicy.continue_on_error(max_retries=0))
+    assert outcome.report["status"] == "incomplete"
+    assert len(outcome.report["failed_chunks"]) == 12
+    assert {f["dataset"] for f in outcome.report["failed_chunks"]} == {ds.name for ds in fileset}
+
+
+class FailsToPostprocess(RecordingProcessor):
+    """Its postprocess fails while the flag file exists: every chunk is done by then."""
+
+    def postprocess(self, accumulator):
+        if (Path(self.marker_dir) / "bug").exists():
+            raise RuntimeError("postprocess bug")
+        return accumulator
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_a_failure_after_processing_keeps_everything_and_resume_only_finishes(
+        fileset, runner_output, tmp_path, spill):
+    from coffea_hpc.reduction import Reduction
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    (markers / "bug").touch()
+    out = tmp_path / "out"
+    reduction = Reduction(spill_bytes=0 if spill else 256 * 1024**2)
+    with pytest.raises(RuntimeError, match="postprocess bug"):
+        run(FailsToPostprocess(markers), fileset, backend="futures", workers=2,
+            chunksize=1_000, output_dir=out, reduction=reduction)
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "failed" and report["failed_stage"] == "output"
+    assert "postprocess bug" in report["error"] and report["events"] == 12_000
+    assert (out / "checkpoint.coffea").exists()
+    assert bool(list((out / "spill").glob("partial-*"))) is spill
+    processed = sorted(p.name for p in markers.iterdir() if p.name != "bug")
+    (markers / "bug").unlink()  # the analyst fixes the bug
+
+    outcome = run(FailsToPostprocess(markers), fileset, backend="futures", workers=2,
+                  chunksize=1_000, output_dir=out, reduction=reduction, resume=True)
+    assert sorted(p.name for p in markers.iterdir()) == processed  # nothing reprocessed
+    assert all(len((markers / n).read_text().splitlines()) == 1 for n in processed)
+    assert_same(outcome.output, runner_output)
+    assert outcome.report["status"] == "complete"
+    assert not (out / "checkpoint.coffea").exists() and not (out / "spill").exists()
+
+
+class Inconsistent(DimuonProcessor):
+    """Gives a mapping for one dataset and a number for the others: no merge can add them."""
+
+    def process(self, events):
+        out = super().process(events)
+        if events.metadata["dataset"] != "TTTo2L2Nu":
+            out["sumw"] = 1.0
+        return out
+
+
+def test_a_final_merge_that_fails_is_reported_and_keeps_the_partials(fileset, tmp_path):
+    from coffea_hpc.errors import MergeError
+    from coffea_hpc.reduction import Reduction
+
+    out = tmp_path / "out"
+    with pytest.raises(MergeError, match="cannot merge") as info:
+        run(Inconsistent(), fileset, backend="futures", workers=2, chunksize=1_000,
+            output_dir=out, reduction=Reduction(spill_bytes=0))
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "failed" and report["failed_stage"] == "final_merge"
+    assert report["error"].startswith("final merge failed: MergeError")
+    assert info.value.resumable and (out / "checkpoint.coffea").exists()
+    assert len(list((out / "spill").glob("partial-*"))) >= 2
+
+
+def test_outputs_that_cannot_be_added_name_the_chunk_and_dataset(fileset, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ChunkFailedError, match=r"dataset '.*'.*cannot merge") as info:
+        run(Inconsistent(), fileset, backend="iterative", chunksize=1_000, output_dir=out)
+    assert ".root:Events[" in str(info.value)
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "failed" and report["error"] == str(info.value)

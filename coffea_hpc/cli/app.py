@@ -48,8 +48,12 @@ def _setup_logging(verbose: int) -> None:
     logging.getLogger("coffea_hpc").setLevel(level)
     logging.captureWarnings(True)
     if verbose < 2:
-        for noisy in ("py.warnings", "distributed", "asyncio", "parsl"):
+        for noisy in ("py.warnings", "distributed", "asyncio"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+        # Parsl logs every failed task with its own traceback at ERROR; coffea-hpc reports
+        # each failure itself (one line per error, tracebacks in report.json), and Parsl's
+        # full log stays in the run directory's parsl.log
+        logging.getLogger("parsl").setLevel(logging.CRITICAL)
 
 
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True,
@@ -67,9 +71,11 @@ AlignClusters = Annotated[bool, typer.Option(
     "--align-clusters", help="End chunks on ROOT cluster boundaries (opens every file).")]
 
 
-def _policy(retries: int, skip_bad_files: bool) -> Any:
+def _policy(retries: int, skip_bad_files: bool, continue_on_error: bool = False) -> Any:
     from coffea_hpc.backends import ErrorPolicy
 
+    if continue_on_error:
+        return ErrorPolicy.continue_on_error(max_retries=retries)
     if skip_bad_files:
         return ErrorPolicy.skip_bad_files(max_retries=retries)
     return ErrorPolicy(max_retries=retries)
@@ -98,6 +104,11 @@ def run(
         help="NanoEvents schema: nanoaod, base, physlite, ... or a dotted path.")] = "nanoaod",
     retries: Annotated[int, typer.Option(min=0, help="Retries per failed chunk.")] = 1,
     skip_bad_files: SkipBad = False,
+    continue_on_error: Annotated[bool, typer.Option(
+        "--continue-on-error",
+        help="Go on past chunks that fail for any reason, the processor's own exceptions "
+             "included (by default the run stops at the first chunk that still fails after "
+             "its retries); every failure is listed in report.json.")] = False,
     align_clusters: AlignClusters = False,
     chunks_per_task: Annotated[int | None, typer.Option(
         "--chunks-per-task", min=1,
@@ -178,7 +189,7 @@ def run(
         limit_files=limit_files,
         limit_chunks=limit_chunks,
         align_clusters=align_clusters,
-        policy=_policy(retries, skip_bad_files),
+        policy=_policy(retries, skip_bad_files, continue_on_error),
         chunks_per_task=chunks_per_task,
         reduction=Reduction(mode=reduce, fan_in=fan_in,  # type: ignore[arg-type]
                             spill_dir=str(spill_dir) if spill_dir else None,
@@ -189,8 +200,10 @@ def run(
         reporter=RichReporter(console),
     )
     console.print(summary_table(outcome.report))
-    for failure in outcome.report["failed_chunks"]:
-        console.print(f"[red]failed[/red] {failure['chunk']}: {failure['error']}")
+    for error, chunks in _by_error(outcome.report["failed_chunks"]).items():
+        more = f" and {len(chunks) - 1} more chunks" if len(chunks) > 1 else ""
+        console.print(f"[red]failed[/red] {chunks[0]}{more}: {error}", highlight=False,
+                      soft_wrap=True)
     for skipped in outcome.report["skipped_files"]:
         console.print(f"[yellow]skipped[/yellow] {skipped['file']}: {skipped['error']}")
     if outcome.remote is not None:
@@ -284,6 +297,14 @@ def _show_demo_result(result: dict[str, Any]) -> None:
     out.print(table)
 
 
+def _by_error(failures: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Failed chunks grouped by their error: one line per distinct error, not per chunk."""
+    grouped: dict[str, list[str]] = {}
+    for failure in failures:
+        grouped.setdefault(failure["error"], []).append(failure["chunk"])
+    return grouped
+
+
 def _register_subcommands() -> None:
     from coffea_hpc.cli import globus, merge, sites
 
@@ -328,13 +349,13 @@ def _main(argv: list[str] | None) -> int:
         return 2
     except ChunkFailedError as err:
         console.print(f"[bold red]failed:[/bold red] {err}", highlight=False, soft_wrap=True)
-        console.print("what was done is saved; fix the cause and rerun with --resume "
-                      "(details in the output directory's report.json)", highlight=False)
+        _after_failure(err, "the failing chunk, its error and traceback")
         return 1
     except KeyboardInterrupt:
         return 130
     except CoffeaHPCError as err:
         console.print(f"[bold red]error:[/bold red] {err}", highlight=False, soft_wrap=True)
+        _after_failure(err, "what failed")
         return 1
     except typer.Exit as exc:
         return exc.exit_code
@@ -348,6 +369,18 @@ def _main(argv: list[str] | None) -> int:
         show()
         return int(getattr(err, "exit_code", 2))
     return code if isinstance(code, int) else 0  # click turns Ctrl-C into 130
+
+
+def _after_failure(err: Exception, details: str) -> None:
+    """What to do next: resume only when something was saved to resume from."""
+    report = getattr(err, "report_path", None)
+    where = f"; {details} are in {report}" if report else ""
+    if getattr(err, "resumable", False):
+        console.print(f"what was done is saved: fix the cause and rerun with --resume{where}",
+                      highlight=False, soft_wrap=True)
+    elif report:
+        console.print(f"nothing was saved to resume from: fix the cause and rerun{where}",
+                      highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -115,3 +115,39 @@ def test_run_on_an_existing_dask_cluster(capsys, fileset_path, tmp_path):
                           "--dask-address", cluster.scheduler_address)
     assert code == 0, text
     assert load(tmp_path / "output.coffea")["events"] == 12_000
+
+
+def test_a_processor_bug_is_one_line_without_tracebacks(fileset_path, tmp_path):
+    """On Parsl too: no backend traceback, the failing chunk in one line, and no hint to
+    resume a run that saved nothing; the traceback is in report.json."""
+    from tests.test_runner import BROKEN_ANALYSIS
+
+    (tmp_path / "broken.py").write_text(BROKEN_ANALYSIS)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("coffea-hpc")), "run",
+         f"{tmp_path / 'broken.py'}:Broken", "-f", str(fileset_path), "-o",
+         str(tmp_path / "out"), "-e", "parsl", "-j", "2", "--chunksize", "500"],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    text = done.stdout + done.stderr
+    assert done.returncode == 1, text
+    assert "Traceback" not in text and "parsl" not in text.lower(), text
+    failed = [line for line in text.splitlines() if line.startswith("failed:")]
+    assert len(failed) == 1 and "ValueError: broken analysis code" in failed[0], text
+    assert "nothing was saved to resume from" in text and "--resume" not in text
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert "in check_muons" in report["failed_chunks"][0]["traceback"]
+
+
+def test_continue_on_error_prints_one_line_per_distinct_error(capsys, fileset_path, tmp_path):
+    from tests.test_runner import BROKEN_ANALYSIS
+
+    (tmp_path / "broken.py").write_text(BROKEN_ANALYSIS)
+    code, text = _run(capsys, "run", f"{tmp_path / 'broken.py'}:Broken", "-f",
+                      str(fileset_path), "-o", str(tmp_path / "out"), "-e", "iterative",
+                      "--chunksize", "1000", "--retries", "0", "--continue-on-error")
+    assert code == 0, text
+    failed = [line for line in text.splitlines() if line.startswith("failed ")]
+    assert len(failed) == 3, text  # one error message per dataset
+    assert any("and 5 more chunks" in line and "DYJetsToLL" in line for line in failed), text
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert len(report["failed_chunks"]) == 12 and report["status"] == "incomplete"

@@ -288,10 +288,12 @@ def _show_demo_result(result: dict[str, Any]) -> None:
     table = Table(title="dimuon analysis", title_justify="left")
     for col in ("dataset", "events", "2 muons", "opposite sign", "Z window", "peak [GeV]"):
         table.add_column(col, justify="left" if col == "dataset" else "right")
+    mass = result["mass"]
     for name, flow in sorted(result["cutflow"].items()):
-        h = result["mass"][name]
-        centers = h.axes[0].centers
-        peak = centers[h.values().argmax()] if h.values().sum() > 0 else float("nan")
+        peak = float("nan")  # a dataset no event of which passed has no category
+        if name in mass.axes["dataset"] and mass[{"dataset": name}].values().sum() > 0:
+            h = mass[{"dataset": name}]
+            peak = h.axes[0].centers[h.values().argmax()]
         table.add_row(name, f"{flow['all']:,}", f"{flow['two muons']:,}",
                       f"{flow['opposite sign']:,}", f"{flow['Z window']:,}", f"{peak:.1f}")
     out.print(table)

@@ -19,6 +19,12 @@ def _mass_axis() -> hist.axis.Regular:
     return hist.axis.Regular(120, 30.0, 150.0, name="mass", label=r"$m_{\mu\mu}$ [GeV]")
 
 
+def _dataset_axis() -> hist.axis.StrCategory:
+    """Datasets as a growth category, as analyses book them: each chunk's histogram holds
+    only its own dataset, and adding them unions the categories."""
+    return hist.axis.StrCategory([], growth=True, name="dataset")
+
+
 class DimuonProcessor(processor.ProcessorABC):
     """Opposite-sign dimuon mass, per dataset, weighted by ``genWeight`` for simulation."""
 
@@ -36,14 +42,16 @@ class DimuonProcessor(processor.ProcessorABC):
         mass = (pair[:, 0] + pair[:, 1]).mass
         w = weight[two][opposite]
 
-        h_mass = hist.Hist(_mass_axis(), storage=hist.storage.Weight())
-        h_mass.fill(mass=mass, weight=w)
-        h_counts = hist.Hist(_mass_axis(), storage=hist.storage.Int64())
-        h_counts.fill(mass=mass)
-        h_met = hist.Hist.new.Reg(50, 0, 250, name="met", label="MET [GeV]").Double()
-        h_met.fill(met=events.MET.pt)
-        h_njet = hist.Hist.new.Integer(0, 15, name="njet").Int64()
-        h_njet.fill(njet=ak.num(events.Jet[events.Jet.pt > 30]))
+        h_mass = hist.Hist(_dataset_axis(), _mass_axis(), storage=hist.storage.Weight())
+        h_mass.fill(dataset=dataset, mass=mass, weight=w)
+        h_counts = hist.Hist(_dataset_axis(), _mass_axis(), storage=hist.storage.Int64())
+        h_counts.fill(dataset=dataset, mass=mass)
+        h_met = hist.Hist(_dataset_axis(), hist.axis.Regular(50, 0, 250, name="met",
+                                                             label="MET [GeV]"))
+        h_met.fill(dataset=dataset, met=events.MET.pt)
+        h_njet = hist.Hist(_dataset_axis(), hist.axis.Integer(0, 15, name="njet"),
+                           storage=hist.storage.Int64())
+        h_njet.fill(dataset=dataset, njet=ak.num(events.Jet[events.Jet.pt > 30]))
 
         cutflow: defaultdict[str, int] = defaultdict(int)
         cutflow["all"] += len(events)
@@ -52,10 +60,10 @@ class DimuonProcessor(processor.ProcessorABC):
         cutflow["Z window"] += int(ak.sum((mass > 76) & (mass < 106)))
 
         return {
-            "mass": {dataset: h_mass},
-            "mass_counts": {dataset: h_counts},
-            "met": {dataset: h_met},
-            "njet": {dataset: h_njet},
+            "mass": h_mass,
+            "mass_counts": h_counts,
+            "met": h_met,
+            "njet": h_njet,
             "cutflow": {dataset: cutflow},
             "sumw": {dataset: float(np.sum(ak.to_numpy(weight), dtype=np.float64))},
             "datasets": {dataset},

@@ -102,7 +102,8 @@ def test_totals_equal_a_direct_uproot_count(reference, fileset):
         flow = reference.value["cutflow"][ds.name]
         assert flow["all"] == all_events
         assert flow["two muons"] == two_muons
-        assert reference.value["mass_counts"][ds.name].sum(flow=True) == flow["opposite sign"]
+        counts = reference.value["mass_counts"][{"dataset": ds.name}]
+        assert counts.sum(flow=True) == flow["opposite sign"]
 
 
 def test_partial_result_plus_remaining_equals_full(backend, fileset, reference, tmp_path):

@@ -16,6 +16,7 @@ import logging
 import os
 import shlex
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -194,11 +195,69 @@ class ParslBackend(PoolBackend):
         log.info("Parsl started (run dir %s)", self._dfk.run_dir)
 
     def _close(self) -> None:
-        if self._dfk is not None:
-            try:
-                self._dfk.cleanup()
-                if self._watchdog is not None:
-                    self._watchdog.release()
-            finally:
-                self._dfk = None
-                self._app = self._merge_app = None
+        if self._dfk is None:
+            return
+        dfk = self._dfk
+        try:
+            _skip_dead_interchanges(dfk)
+            _cleanup_within(dfk, CLEANUP_TIMEOUT_S)
+            if self._watchdog is not None:
+                self._watchdog.release()
+        finally:
+            self._dfk = None
+            self._app = self._merge_app = None
+
+
+CLEANUP_TIMEOUT_S = 30.0
+"""Parsl's shutdown asks each interchange about its blocks with no timeout; an interchange
+that died or hangs would keep a batch job's driver alive until its walltime."""
+
+
+def _skip_dead_interchanges(dfk: Any) -> None:
+    """An executor whose interchange has exited is put in Parsl's bad state, so its
+    shutdown does not ask the dead interchange anything; its blocks are cancelled here."""
+    for executor in dfk.executors.values():
+        proc = getattr(executor, "interchange_proc", None)
+        if proc is None or proc.poll() is None or executor.bad_state_is_set:
+            continue
+        log.warning("the Parsl interchange of %r exited (code %s); stopping its workers",
+                    executor.label, proc.returncode)
+        executor.set_bad_state_and_fail_all(BackendError("the Parsl interchange exited"))
+        _cancel_blocks(executor)
+
+
+def _cleanup_within(dfk: Any, timeout: float) -> None:
+    """``dfk.cleanup()``, but never longer than ``timeout``: past it, interchanges are
+    killed and blocks cancelled directly, and the stuck cleanup is left behind (a daemon
+    thread; Parsl's exit hook only logs)."""
+    failure: list[BaseException] = []
+
+    def cleanup() -> None:
+        try:
+            dfk.cleanup()
+        except BaseException as err:
+            failure.append(err)
+
+    stopper = threading.Thread(target=cleanup, name="coffea-hpc-parsl-cleanup", daemon=True)
+    stopper.start()
+    stopper.join(timeout)
+    if stopper.is_alive():
+        log.warning("Parsl did not shut down within %.0f s; stopping its interchanges and "
+                    "blocks directly", timeout)
+        for executor in dfk.executors.values():
+            proc = getattr(executor, "interchange_proc", None)
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+            _cancel_blocks(executor)
+    elif failure:
+        raise failure[0]
+
+
+def _cancel_blocks(executor: Any) -> None:
+    jobs = [j for j in getattr(executor, "blocks_to_job_id", {}).values() if j is not None]
+    provider = getattr(executor, "provider", None)
+    if jobs and provider is not None:
+        try:
+            provider.cancel(jobs)
+        except Exception as err:  # the batch system is unreachable: say so, go on
+            log.warning("cancelling Parsl blocks %s failed: %s", jobs, err)

@@ -106,3 +106,37 @@ def test_a_clean_stop_releases_the_watchdog(tmp_path):
         interchange = psutil.Process(_interchange_pid(backend))
     assert watchdog.wait(5) == 0
     assert not interchange.is_running()
+
+
+@pytest.mark.parametrize("fault", ["killed", "hung"])
+def test_shutdown_is_bounded_when_the_interchange_is_gone(tmp_path, monkeypatch, fault):
+    """Parsl's cleanup asks the interchange about its blocks without a timeout: a dead or
+    hung interchange kept the driver alive forever. The backend stops within a bound and
+    leaves no worker pool behind."""
+    import signal
+
+    import coffea_hpc.backends.parsl as parsl_backend
+
+    monkeypatch.setattr(parsl_backend, "CLEANUP_TIMEOUT_S", 5.0)
+    backend = make_backend("parsl", workers=1, run_dir=tmp_path)
+    with backend:
+        assert backend.submit(functools.partial(importlib.import_module, "json")).result(
+            timeout=120).__name__ == "json"
+        [interchange] = [e.interchange_proc for e in backend.dfk.executors.values()
+                         if getattr(e, "interchange_proc", None) is not None]
+        interchange_pid = interchange.pid
+        assert processes_mentioning("process_worker_pool", str(tmp_path))
+        started = time.monotonic()
+        if fault == "killed":
+            interchange.kill()
+            interchange.wait(timeout=10)
+        else:
+            psutil.Process(interchange_pid).send_signal(signal.SIGSTOP)
+    assert time.monotonic() - started < 5.0 + 15.0
+    deadline = time.monotonic() + 30
+    while processes_mentioning("process_worker_pool", str(tmp_path)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not processes_mentioning("process_worker_pool", str(tmp_path))
+    assert not psutil.pid_exists(interchange_pid) or \
+        psutil.Process(interchange_pid).status() == psutil.STATUS_ZOMBIE

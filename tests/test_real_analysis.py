@@ -1,0 +1,121 @@
+"""A real analysis gives coffea's own answer on every backend, reduction and chunk size.
+
+The analysis (`tests/fixtures/zpeak_analysis`) is written and laid out the way analysts write
+them: a processor file importing a module and a package beside it, growth ``dataset`` x
+``systematic`` category axes with weights, a mean-storage profile, a nested cut flow, sets of
+files, a column accumulator of selected event numbers. The fileset has a dataset with an empty
+file and a dataset whose only file is empty. The folder is copied somewhere else and the runs
+start from an unrelated directory, so no worker has it on its path.
+
+Every cell must equal coffea's ``processor.Runner`` (IterativeExecutor) on the same fileset at
+the same chunk size: categories equal (in any order), counts bit-identical, float sums within
+a relative 1e-12 (`tests.helpers.assert_same`). The Globus backend runs against the stand-in
+for the Globus Compute service (`tests/backends/globus_standin.py`): the service itself cannot
+be reached here.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coffea_hpc.data.fileset import Fileset
+from coffea_hpc.data.synthetic import SyntheticDataset, generate
+from coffea_hpc.output import load
+from coffea_hpc.reduction import Reduction
+from coffea_hpc.runner import run
+from tests.helpers import assert_same
+
+FIXTURE = Path(__file__).parent / "fixtures" / "zpeak_analysis"
+PROCESSOR = "processor.py:ZPeakProcessor"
+CHUNKSIZES = (700, 5_000)
+
+DATASETS = (
+    SyntheticDataset("DYJetsToLL", "dy", 3, {"is_mc": True, "xsec": 6077.22}, empty_files=1),
+    SyntheticDataset("TTTo2L2Nu", "ttbar", 1, {"is_mc": True, "xsec": 88.29}),
+    SyntheticDataset("SingleMuon", "data", 1, {"is_mc": False}),
+    SyntheticDataset("EmptySkim", "dy", 1, {"is_mc": True, "xsec": 1.0}, empty_files=1),
+)
+
+REDUCTIONS = {
+    "driver": Reduction(),
+    "spill": Reduction(spill_bytes=0),
+    "tree": Reduction(mode="tree", fan_in=2),
+    "mpi": Reduction(mode="mpi", mpi_ranks=2),
+}
+BACKENDS = ("iterative", "futures", "parsl", "dask", "globus-standin")
+
+
+@pytest.fixture(scope="module")
+def analysis(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The analysis folder, copied where nothing expects it."""
+    where = tmp_path_factory.mktemp("elsewhere") / "zpeak_analysis"
+    shutil.copytree(FIXTURE, where, ignore=shutil.ignore_patterns("__pycache__"))
+    return where
+
+
+@pytest.fixture(scope="module")
+def analysis_fileset(tmp_path_factory: pytest.TempPathFactory) -> Fileset:
+    return generate(tmp_path_factory.mktemp("zpeak-data"), events_per_file=2_000,
+                    datasets=DATASETS, basket_entries=500)
+
+
+@pytest.fixture(scope="module")
+def unrelated_cwd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with pytest.MonkeyPatch.context() as mp:
+        where = tmp_path_factory.mktemp("cwd")
+        mp.chdir(where)
+        yield where
+
+
+@pytest.fixture(scope="module")
+def coffea_answer(analysis: Path, analysis_fileset: Fileset) -> dict[int, Any]:
+    """What coffea's own Runner gives, per chunk size."""
+    from coffea import processor
+    from coffea.nanoevents import NanoAODSchema
+
+    from coffea_hpc.processing.processor import load_processor
+
+    proc = load_processor(f"{analysis / PROCESSOR}")
+    fileset = {ds.name: {"files": {f.path: f.treename for f in ds.files},
+                         "metadata": dict(ds.metadata)} for ds in analysis_fileset}
+    answers = {}
+    for chunksize in CHUNKSIZES:
+        runner = processor.Runner(executor=processor.IterativeExecutor(), schema=NanoAODSchema,
+                                  chunksize=chunksize)
+        answers[chunksize] = runner(fileset, processor_instance=proc, treename="Events")
+    return answers
+
+
+def _backend(name: str, tmp_path: Path) -> Any:
+    if name != "globus-standin":
+        return name
+    from coffea_hpc.backends.globus import GlobusBackend
+    from tests.backends.globus_standin import StandInExecutor
+
+    return GlobusBackend("2f1a0e9c-0000-4000-8000-standin00002",
+                         remote_dir=str(tmp_path / "endpoint-scratch"), workers=2,
+                         api_burst_window_s=1, executor_factory=StandInExecutor)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunksize", CHUNKSIZES)
+@pytest.mark.parametrize("reduction", list(REDUCTIONS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_cell_equals_coffea(backend, reduction, chunksize, analysis, analysis_fileset,
+                                  coffea_answer, unrelated_cwd, tmp_path):
+    out_dir = tmp_path / "out"
+    outcome = run(str(analysis / PROCESSOR), analysis_fileset,
+                  backend=_backend(backend, tmp_path), workers=2, output_dir=out_dir,
+                  chunksize=chunksize, reduction=REDUCTIONS[reduction])
+    expected = coffea_answer[chunksize]
+    assert_same(outcome.output, expected)
+    assert_same(load(out_dir / "output.coffea"), expected)
+    assert outcome.report["status"] == "complete"
+    # the empty files were processed, once each, as coffea processes them
+    assert outcome.output["chunks"] == expected["chunks"]
+    assert outcome.output["cutflow"]["EmptySkim"]["all"] == 0

@@ -15,13 +15,22 @@ import platform
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from coffea_hpc import output as files
 from coffea_hpc.backends import Backend, ErrorPolicy, Task, make_backend
+from coffea_hpc.checkpoint import (
+    Checkpointer,
+    OutputLock,
+    SavedCheckpoint,
+    chunks_digest,
+    fileset_digest,
+    open_checkpoint,
+    processor_digest,
+)
 from coffea_hpc.data.chunks import Chunk, chunks_of
 from coffea_hpc.data.fileset import Fileset
 from coffea_hpc.errors import ChunkFailedError, CoffeaHPCError, UserError
@@ -55,42 +64,6 @@ class RunOutcome:
         if self.remote is not None or self.output_dir is None:
             return None
         return self.output_dir / files.OUTPUT_NAME
-
-
-@dataclass
-class _Checkpointer:
-    """Writes the running result to disk every ``interval`` seconds (and on demand)."""
-
-    path: Path | None
-    interval: float
-    base: Result = field(default_factory=Result)
-    discard: Callable[[list[Any]], None] = field(default=lambda values: _delete_spilled(values))
-    _last: float = field(default_factory=time.monotonic)
-
-    def tick(self, task: Task) -> None:
-        if time.monotonic() - self._last < self.interval:
-            return
-        garbage = getattr(task, "take_garbage", list)()
-        if self.path is not None:
-            partial, _ = task.partial_result()
-            self.write(partial)
-        else:
-            self._last = time.monotonic()
-        # merged-away partials go only once a checkpoint no longer refers to them
-        self.discard(garbage)
-
-    def write(self, partial: Result) -> None:
-        if self.path is None or (partial.is_empty and self.base.is_empty):
-            return
-        self.write_total(self.base + partial)
-
-    def write_total(self, total: Result) -> None:
-        """Checkpoint a total that already includes ``base`` (the end of a run)."""
-        if self.path is None:
-            return
-        files.save(total, self.path)
-        self._last = time.monotonic()
-        log.info("checkpoint written to %s", self.path)
 
 
 def load_fileset(fileset: Fileset | Mapping[str, Any] | str | Path) -> Fileset:
@@ -135,98 +108,126 @@ def run(
     out_dir = files.private_dir(output_dir) if output_dir is not None else None
     reduction = reduction or Reduction()
     checkpoint_path = out_dir / files.CHECKPOINT_NAME if out_dir else None
-    checkpoint = _Checkpointer(checkpoint_path, checkpoint_interval)
-    if resume:
-        checkpoint.base = _load_checkpoint(checkpoint_path)
+    checkpoint = Checkpointer(checkpoint_path, checkpoint_interval, discard=_delete_spilled)
+    lock = OutputLock(out_dir) if out_dir is not None else None
+    if lock is not None:
+        lock.acquire()  # before anything in the directory is read or written
+    saved: SavedCheckpoint | None = None
+    try:
+        # what produced a checkpoint must be what resumes it: checked before any chunk runs
+        checkpoint.provenance = {"version": _own_version(),
+                                 "processor": processor_digest(handle), "schema": schema}
+        if resume:  # a damaged checkpoint is refused before anything starts
+            saved = open_checkpoint(checkpoint_path)
 
-    stages = _Stages()
-    with contextlib.ExitStack() as stack:
-        if isinstance(backend, str):
-            options = {"run_dir": out_dir / "parsl"} if backend == "parsl" and out_dir else {}
-            backend = make_backend(backend, workers=workers, **options)
-        with stages("start"):
-            stack.enter_context(backend)  # type: ignore[arg-type]
-        remote_storage = getattr(backend, "remote_storage", None)
-        spill = reduction.spill_policy(out_dir, remote=remote_storage)
-        if remote_storage is not None:  # partials live on the backend's side, so does cleanup
-            backend.use_spill_directory(spill.directory)  # type: ignore[union-attr]
-            checkpoint.discard = backend.discard  # type: ignore[union-attr]
+        stages = _Stages()
+        with contextlib.ExitStack() as stack:
+            if isinstance(backend, str):
+                options = {"run_dir": out_dir / "parsl"} if backend == "parsl" and out_dir else {}
+                backend = make_backend(backend, workers=workers, **options)
+            with stages("start"):
+                stack.enter_context(backend)  # type: ignore[arg-type]
+            remote_storage = getattr(backend, "remote_storage", None)
+            spill = reduction.spill_policy(out_dir, remote=remote_storage)
+            if remote_storage is not None:  # partials, and their cleanup, are the backend's
+                backend.use_spill_directory(spill.directory)  # type: ignore[union-attr]
+                checkpoint.discard = backend.discard  # type: ignore[union-attr]
 
-        with stages("preprocessing"):
-            prep = preprocess(fs, backend, chunksize=chunksize, align_clusters=align_clusters,
-                              policy=policy, reporter=reporter)
+            with stages("preprocessing"):
+                prep = preprocess(fs, backend, chunksize=chunksize, align_clusters=align_clusters,
+                                  policy=policy, reporter=reporter)
+            if out_dir is not None:
+                prep.fileset.save(out_dir / files.PREPARED_NAME)
+            every_chunk = chunks_of(prep.fileset, limit_chunks=limit_chunks)
+            checkpoint.provenance.update(
+                fileset=fileset_digest(prep.fileset), chunks=chunks_digest(every_chunk),
+                chunking={"chunksize": chunksize, "limit_chunks": limit_chunks,
+                          "align_clusters": align_clusters})
+            if saved is not None:
+                saved.check(checkpoint.provenance)
+                checkpoint.base = saved.load()
+            chunks = _todo(every_chunk, checkpoint.base)
+            per_task = chunks_per_task or auto_chunks_per_task(chunks, backend.workers)
+            work = Workload(handle, chunks, schema=schema, chunks_per_task=per_task, spill=spill)
+            # the MPI merge's ranks start now and wait, so the merge begins with the last partial
+            merge_job = (stack.enter_context(reduction.merge_job()) if remote_storage is None
+                         else None)
+            task = backend.compute(work, policy, reducer=reduction.reducer(spill))
+            try:
+                with stages("processing"):
+                    result = _watch(task, reporter, checkpoint.tick,
+                                    getattr(backend, "connected_workers", None))
+            except ChunkFailedError as err:
+                if isinstance(err.partial, Result):
+                    checkpoint.write(err.partial)
+                checkpoint.discard(getattr(task, "take_garbage", list)())
+                done = checkpoint.base + _partial(err)
+                done.failures = (*done.failures, *err.failures)
+                err.resumable = bool(done.processed) and checkpoint_path is not None
+                err.report_path = _write_report(out_dir, _report("failed", started, backend,
+                                                                 prep, work, done, stages,
+                                                                 error=str(err)))
+                raise
+            except BaseException as err:
+                partial, _ = task.partial_result()
+                not_saved = _save_after(err, checkpoint, partial, task)
+                interrupted = isinstance(err, KeyboardInterrupt)
+                with contextlib.suppress(OSError):  # a full disk: the error says so already
+                    _write_report(out_dir, _report(
+                        "interrupted" if interrupted else "failed", started, backend, prep,
+                        work, checkpoint.base + partial, stages,
+                        error=None if interrupted else f"{type(err).__name__}: {err}"))
+                if not_saved is not None:
+                    raise not_saved from err  # nothing may say the work was saved
+                raise
+
+            total = checkpoint.base + result
+            with _kept_for_resume("final_merge", checkpoint, total, out_dir,
+                                  lambda status, **kw: _report(status, started, backend, prep,
+                                                               work, total, stages, **kw)):
+                unmerged = total.value
+                with stages("final_merge"):
+                    if remote_storage is not None:  # merge where the partials are
+                        checkpoint.discard(getattr(task, "take_garbage", list)())
+                        total.value = backend.finish(  # type: ignore[union-attr]
+                            total.value, handle)
+                    total.value, merge_stats = reduction.finish(total.value, spill, merge_job)
+            stopping = time.perf_counter()  # the backend stops as the block ends
+        stages.add("stop", time.perf_counter() - stopping)
+
+        remote = total.value if isinstance(total.value, RemoteOutput) else None
+        merged, total.value = total.value, unmerged  # a failed write resumes from the partials
+        with _kept_for_resume("output", checkpoint, total, out_dir,
+                              lambda status, **kw: _report(status, started, backend, prep, work,
+                                                           total, stages, **kw)), \
+                stages("output"):
+            final = None if remote else postprocess(proc, merged)
+            if out_dir is not None and remote is None:
+                files.save(final, out_dir / files.OUTPUT_NAME)
+        total.value = merged
+        report = _report("complete" if not total.failures else "incomplete", started, backend,
+                         prep, work, total, stages)
+        report["reduction"] = {"mode": reduction.mode,
+                               "merge_tasks": total.metrics.get("merges", 0),
+                               "final_merge": merge_stats.as_dict()}
+        if remote is not None:
+            report["output_location"] = remote.location
+            log.warning("the output (%.1f MB) stays where it was made: %s", remote.nbytes / 1e6,
+                        remote.location)
         if out_dir is not None:
-            prep.fileset.save(out_dir / files.PREPARED_NAME)
-        chunks = _todo(chunks_of(prep.fileset, limit_chunks=limit_chunks), checkpoint.base)
-        per_task = chunks_per_task or auto_chunks_per_task(chunks, backend.workers)
-        work = Workload(handle, chunks, schema=schema, chunks_per_task=per_task, spill=spill)
-        # the MPI merge's ranks start now and wait, so the merge begins with the last partial
-        merge_job = (stack.enter_context(reduction.merge_job()) if remote_storage is None
-                     else None)
-        task = backend.compute(work, policy, reducer=reduction.reducer(spill))
-        try:
-            with stages("processing"):
-                result = _watch(task, reporter, checkpoint.tick,
-                                getattr(backend, "connected_workers", None))
-        except ChunkFailedError as err:
-            if isinstance(err.partial, Result):
-                checkpoint.write(err.partial)
-            checkpoint.discard(getattr(task, "take_garbage", list)())
-            done = checkpoint.base + _partial(err)
-            done.failures = (*done.failures, *err.failures)
-            err.resumable = bool(done.processed) and checkpoint_path is not None
-            err.report_path = _write_report(out_dir, _report("failed", started, backend, prep,
-                                                             work, done, stages,
-                                                             error=str(err)))
-            raise
-        except BaseException:
-            partial, _ = task.partial_result()
-            checkpoint.write(partial)
-            checkpoint.discard(getattr(task, "take_garbage", list)())
-            _write_report(out_dir, _report("interrupted", started, backend, prep, work,
-                                           checkpoint.base + partial, stages))
-            raise
-
-        total = checkpoint.base + result
-        with _kept_for_resume("final_merge", checkpoint, total, out_dir,
-                              lambda status, **kw: _report(status, started, backend, prep,
-                                                           work, total, stages, **kw)):
-            unmerged = total.value
-            with stages("final_merge"):
-                if remote_storage is not None:  # merge where the partials are
-                    checkpoint.discard(getattr(task, "take_garbage", list)())
-                    total.value = backend.finish(total.value, handle)  # type: ignore[union-attr]
-                total.value, merge_stats = reduction.finish(total.value, spill, merge_job)
-        stopping = time.perf_counter()  # the backend stops as the block ends
-    stages.add("stop", time.perf_counter() - stopping)
-
-    remote = total.value if isinstance(total.value, RemoteOutput) else None
-    merged, total.value = total.value, unmerged  # a failed write resumes from the partials
-    with _kept_for_resume("output", checkpoint, total, out_dir,
-                          lambda status, **kw: _report(status, started, backend, prep, work,
-                                                       total, stages, **kw)), \
-            stages("output"):
-        final = None if remote else postprocess(proc, merged)
-        if out_dir is not None and remote is None:
-            files.save(final, out_dir / files.OUTPUT_NAME)
-    total.value = merged
-    report = _report("complete" if not total.failures else "incomplete", started, backend, prep,
-                     work, total, stages)
-    report["reduction"] = {"mode": reduction.mode, "merge_tasks": total.metrics.get("merges", 0),
-                           "final_merge": merge_stats.as_dict()}
-    if remote is not None:
-        report["output_location"] = remote.location
-        log.warning("the output (%.1f MB) stays where it was made: %s", remote.nbytes / 1e6,
-                    remote.location)
-    if out_dir is not None:
-        _write_report(out_dir, report)
-        if checkpoint_path is not None:
-            checkpoint_path.unlink(missing_ok=True)
-    if getattr(backend, "remote_storage", None) is None:
-        # everything in this run's spill folder is merged now (or orphaned by a merge that
-        # was still running when an earlier attempt stopped)
-        shutil.rmtree(spill.directory, ignore_errors=True)
-    return RunOutcome(final, total, report, out_dir, prep.fileset, remote)
+            _write_report(out_dir, report)
+            if checkpoint_path is not None:
+                checkpoint_path.unlink(missing_ok=True)
+        if getattr(backend, "remote_storage", None) is None:
+            # everything in this run's spill folder is merged now (or orphaned by a merge that
+            # was still running when an earlier attempt stopped)
+            shutil.rmtree(spill.directory, ignore_errors=True)
+        return RunOutcome(final, total, report, out_dir, prep.fileset, remote)
+    finally:
+        if saved is not None:
+            saved.close()
+        if lock is not None:
+            lock.release()
 
 
 class _Stages:
@@ -249,7 +250,7 @@ class _Stages:
 
 
 @contextlib.contextmanager
-def _kept_for_resume(stage: str, checkpoint: _Checkpointer, total: Result,
+def _kept_for_resume(stage: str, checkpoint: Checkpointer, total: Result,
                      out_dir: Path | None, report: Callable[..., dict[str, Any]]) -> Iterator[None]:
     """If the end of a run fails (a merge, writing the output), every chunk is processed
     and nothing of it may be lost: the total (spilled partials by reference) is
@@ -311,17 +312,31 @@ def _partial(err: ChunkFailedError) -> Result:
     return err.partial if isinstance(err.partial, Result) else Result()
 
 
-def _load_checkpoint(path: Path | None) -> Result:
-    if path is None:
-        raise UserError("resuming needs the output directory of the interrupted run")
-    if not path.exists():
-        log.info("no checkpoint in %s: starting from the beginning", path.parent)
-        return Result()
-    loaded = files.load(path)
-    if not isinstance(loaded, Result):
-        raise UserError(f"{path} is not a coffea-hpc checkpoint")
-    log.info("resuming from %s (%d entries done)", path, loaded.processed.n_entries)
-    return loaded
+def _save_after(err: BaseException, checkpoint: Checkpointer, partial: Result,
+                task: Task) -> OSError | None:
+    """Checkpoint what a stopped run had; the error of a save that failed, unless the run
+    stopped for that very reason (a full disk), when the first error says all."""
+    try:
+        checkpoint.write(partial)
+    except OSError as again:
+        if isinstance(err, OSError):
+            log.info("could not checkpoint either: %s", again)
+            return None
+        return again
+    # merged-away partials go only once a checkpoint no longer refers to them
+    checkpoint.discard(getattr(task, "take_garbage", list)())
+    return None
+
+
+def _own_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("coffea-hpc")
+    except PackageNotFoundError:
+        from coffea_hpc import __version__
+
+        return __version__
 
 
 def _todo(chunks: list[Chunk], done: Result) -> list[Chunk]:

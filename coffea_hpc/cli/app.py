@@ -8,6 +8,7 @@ which is how a batch system stops a job (``scancel``, the time limit) before kil
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import sys
@@ -133,7 +134,8 @@ def run(
         help="Continue an interrupted run from the checkpoint in the output directory.")] = False,
     checkpoint_every: Annotated[float, typer.Option(
         "--checkpoint-every", min=0.0,
-        help="Seconds between checkpoints of the running result.")] = 60.0,
+        help="Most seconds between checkpoints of the running result; one is also written "
+             "after every 5% of the chunks (at least a second apart).")] = 60.0,
     site: Annotated[str | None, typer.Option(
         help="Run on a site preset or file (see 'coffea-hpc sites list').")] = None,
     site_file: Annotated[Path | None, typer.Option(
@@ -205,7 +207,8 @@ def run(
         console.print(f"[red]failed[/red] {chunks[0]}{more}: {error}", highlight=False,
                       soft_wrap=True)
     for skipped in outcome.report["skipped_files"]:
-        console.print(f"[yellow]skipped[/yellow] {skipped['file']}: {skipped['error']}")
+        console.print(f"[yellow]skipped[/yellow] {skipped['file']}: {skipped['error']}",
+                      highlight=False, soft_wrap=True)
     if outcome.remote is not None:
         console.print(f"output: too large to bring back; it is on the remote side at "
                       f"{outcome.remote.location}")
@@ -245,7 +248,8 @@ def preprocess(
         f"{n_chunks} chunks -> {output}"
     )
     for failure in outcome.skipped:
-        console.print(f"[yellow]skipped[/yellow] {failure.describe()}")
+        console.print(f"[yellow]skipped[/yellow] {failure.describe()}", highlight=False,
+                      soft_wrap=True)
 
 
 @app.command()
@@ -359,6 +363,13 @@ def _main(argv: list[str] | None) -> int:
         console.print(f"[bold red]error:[/bold red] {err}", highlight=False, soft_wrap=True)
         _after_failure(err, "what failed")
         return 1
+    except OSError as err:
+        line = _environment_error(err, argv)
+        if line is None:
+            raise
+        logging.getLogger(__name__).debug("the error in full", exc_info=True)
+        console.print(f"[bold red]error:[/bold red] {line}", highlight=False, soft_wrap=True)
+        return 1
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:
@@ -371,6 +382,24 @@ def _main(argv: list[str] | None) -> int:
         show()
         return int(getattr(err, "exit_code", 2))
     return code if isinstance(code, int) else 0  # click turns Ctrl-C into 130
+
+
+_NO_SPACE = {errno.ENOSPC: "no space left on", errno.EDQUOT: "disk quota exceeded on"}
+_NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _environment_error(err: OSError, argv: list[str] | None) -> str | None:
+    """The line for a file the system would not let coffea-hpc write (a full disk, a quota,
+    a permission); None for anything else, which keeps its traceback. Every file is
+    written atomically, so after such a failure what was saved before is intact."""
+    if err.filename is None or err.errno not in (*_NO_SPACE, *_NOT_ALLOWED):
+        return None
+    args = sys.argv[1:] if argv is None else argv
+    command = next((a for a in args if not a.startswith("-")), "")
+    again = "rerun with --resume" if command == "run" else "rerun"
+    if err.errno in _NO_SPACE:
+        return f"{_NO_SPACE[err.errno]} {err.filename}: free space and {again}"
+    return f"{err.strerror.lower() if err.strerror else 'not allowed'}: {err.filename}"
 
 
 def _after_failure(err: Exception, details: str) -> None:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from coffea_hpc.errors import FilesetError
+from coffea_hpc.output import atomic_write
 
 __all__ = ["DEFAULT_TREENAME", "Dataset", "File", "Fileset"]
 
@@ -166,13 +167,17 @@ class Fileset(BaseModel):
         return out
 
     def save(self, path: str | Path) -> Path:
+        """Write the fileset as JSON or YAML (by suffix), atomically: a resumed run reads
+        the prepared fileset back, so a full disk must not leave half of one."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         mapping = self.to_mapping()
         if path.suffix.lower() in {".yaml", ".yml"}:
-            path.write_text(yaml.safe_dump(mapping, sort_keys=False))
+            text = yaml.safe_dump(mapping, sort_keys=False)
         else:
-            path.write_text(json.dumps(mapping, indent=1) + "\n")
+            text = json.dumps(mapping, indent=1) + "\n"
+        with atomic_write(path, mode=0o666) as out:  # a fileset is shared as the umask allows
+            out.write(text.encode())
         return path
 
     # -- selecting -----------------------------------------------------------------------

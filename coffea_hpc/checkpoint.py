@@ -1,0 +1,588 @@
+"""Checkpoints a run can trust, and one run per output directory.
+
+A checkpoint is the running `Result` of a run, written to ``OUT/checkpoint.coffea`` while
+chunks come in, so that ``--resume`` processes only what is missing. Resuming must never
+make an output wrong, so a checkpoint is used only when
+
+- it is intact and was written for this output directory: it carries an HMAC-SHA256 over
+  its bytes, keyed by a secret kept in the directory's private run folder
+  (``OUT/.coffea-hpc/key``), checked before a byte of it is unpickled;
+- it was produced by the same analysis: the processor, the fileset, the chunking, the
+  schema and the coffea-hpc version are recorded in it and compared before any chunk runs.
+
+The file stays readable by ``coffea.util.load``: the checksum and the record sit in an LZ4
+*skippable frame* ahead of the usual LZ4 frame, which LZ4 readers pass over.
+
+Checkpoints are written as work gets done, not only as time passes: every 5 % of the chunks
+or every ``interval`` seconds, whichever comes first, but never so often that writing them
+takes more than a small share of the driver's time.
+
+Two runs writing into one output directory would both do all the work and overwrite each
+other's checkpoint, so a run holds `OutputLock` on its directory from start to end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import pickletools
+import re
+import secrets
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+import cloudpickle
+import lz4.frame
+
+from coffea_hpc import output as files
+from coffea_hpc.data.chunks import Chunk
+from coffea_hpc.data.fileset import Fileset
+from coffea_hpc.errors import UserError
+from coffea_hpc.processing.processor import ProcessorHandle
+from coffea_hpc.processing.result import Result
+
+__all__ = [
+    "Checkpointer",
+    "OutputLock",
+    "SavedCheckpoint",
+    "chunks_digest",
+    "fileset_digest",
+    "open_checkpoint",
+    "processor_digest",
+    "run_dir",
+    "write_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+RUN_DIR_NAME = ".coffea-hpc"
+KEY_NAME = "key"
+LOCK_NAME = "lock"
+
+_HEADER_SIZE = 4096
+_SKIPPABLE_MAGIC = 0x184D2A5C  # an LZ4 skippable frame: LZ4 readers step over it
+_MARKER = b"CHPC-CK1"
+_TAG_SIZE = 32
+_PREFIX = struct.pack("<II", _SKIPPABLE_MAGIC, _HEADER_SIZE - 8) + _MARKER
+_RECORD_SIZE = _HEADER_SIZE - len(_PREFIX) - _TAG_SIZE
+
+
+def run_dir(out_dir: Path) -> Path:
+    """The output directory's private folder for what only coffea-hpc reads (key, lock)."""
+    return files.private_dir(Path(out_dir) / RUN_DIR_NAME)
+
+
+# -- what produced a checkpoint ---------------------------------------------------------
+
+_LEAF_OPS = frozenset({
+    "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
+    "SHORT_BINSTRING", "SHORT_BINBYTES", "BINBYTES", "BINBYTES8", "INT", "BININT", "BININT1",
+    "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT", "NONE", "NEWTRUE", "NEWFALSE",
+})
+_GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_SET_OPS = frozenset({"ADDITEMS", "FROZENSET"})
+_CLASS_TRACKER = re.compile(r"[0-9a-f]{32}")
+
+
+def processor_digest(handle: ProcessorHandle) -> str:
+    """A digest of the processor that is the same in every process for the same code.
+
+    ``ProcessorHandle.digest`` hashes the payload bytes, which differ between two processes
+    for an unchanged analysis file: cloudpickle tags each class it carries by value with a
+    random id, and sets (a ``frozenset`` constant in the code, a set attribute) pickle in
+    an order that depends on the process's string hashing. Here the payload is read op by
+    op with those ids blanked and the members of sets of plain values sorted, so only a
+    change in what the processor is or does changes the digest.
+    """
+    tokens: list[tuple[Any, ...]] = []
+    marks: list[int] = []
+    memo: dict[int, tuple[Any, ...]] = {}
+    last: tuple[Any, ...] | None = None
+    for op, arg, _ in pickletools.genops(handle.payload):
+        name = op.name
+        if name in ("PROTO", "FRAME", "STOP"):
+            continue
+        if name == "MEMOIZE" or name in _PUT_OPS:
+            index = len(memo) if name == "MEMOIZE" else int(arg)  # type: ignore[arg-type]
+            memo[index] = last if last is not None and last[0] == "v" else ("get", index)
+            continue
+        if name == "MARK":
+            marks.append(len(tokens))
+            last = None
+            continue
+        if name in _LEAF_OPS:
+            if isinstance(arg, str) and _CLASS_TRACKER.fullmatch(arg):
+                arg = "<class id>"
+            token: tuple[Any, ...] = ("v", name, repr(arg))
+        elif name in _GET_OPS:
+            token = memo.get(int(arg), ("get", arg))  # type: ignore[arg-type]
+        else:
+            token = (name, repr(arg))
+            if pickletools.markobject in op.stack_before and marks:
+                start = marks.pop()
+                if name in _SET_OPS and all(t[0] == "v" for t in tokens[start:]):
+                    tokens[start:] = sorted(tokens[start:])
+        tokens.append(token)
+        last = token
+    return hashlib.sha256(repr(tokens).encode()).hexdigest()[:16]
+
+
+def fileset_digest(fileset: Fileset) -> str:
+    """What the data is: datasets, their metadata, and each file with its uuid and entries;
+    not the chunk boundaries (`chunks_digest`), so that a change is named for what it is."""
+    record = [
+        [ds.name, sorted(ds.metadata.items(), key=lambda kv: str(kv[0])),
+         [[f.path, f.treename, f.uuid, f.entries] for f in ds.files]]
+        for ds in fileset
+    ]
+    return _digest(record)
+
+
+def chunks_digest(chunks: Iterable[Chunk]) -> str:
+    return _digest([list(c.key) for c in chunks])
+
+
+def _digest(record: Any) -> str:
+    text = json.dumps(record, sort_keys=True, default=repr, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_CHANGED = {  # what changed, how, and how to resume anyway
+    "version": ("coffea-hpc", "version {old} → {new}", "with coffea-hpc {old}"),
+    "processor": ("the processor", "processor digest {old} → {new}",
+                  "with the original processor"),
+    "schema": ("the schema", "--schema {old} → {new}", "with --schema {old}"),
+    "fileset": ("the fileset", "its datasets, files, their uuids or metadata, or "
+                "--limit-files; fileset digest {old} → {new}", "with the original fileset"),
+    "chunks": ("the chunking", "",
+               "with the original --chunksize, --limit-chunks and --align-clusters"),
+}
+
+
+def _changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> str | None:
+    """One line naming everything in ``now`` that differs from what wrote a checkpoint."""
+    what, how, remedy = [], [], []
+    for name, (noun, detail, fix) in _CHANGED.items():
+        if name not in now or saved.get(name) == now[name]:
+            continue
+        if (name == "chunks" and saved.get("fileset") != now.get("fileset")
+                and saved.get("chunking") == now.get("chunking")):
+            continue  # other files, other chunks: the fileset said it
+        old, new = saved.get(name), now[name]
+        what.append(noun)
+        how.append(_describe_chunking(saved, now) if name == "chunks"
+                   else detail.format(old=old, new=new))
+        remedy.append(fix.format(old=old))
+    if not what:
+        return None
+    nouns = what[0] if len(what) == 1 else f"{', '.join(what[:-1])} and {what[-1]}"
+    return (f"{nouns} changed since the checkpoint was written ({'; '.join(how)}): rerun "
+            f"without --resume, or resume {' and '.join(remedy)}")
+
+
+def _describe_chunking(saved: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    old = saved.get("chunking") or {}
+    new = now.get("chunking") or {}
+
+    def shown(value: Any) -> Any:
+        return "unset" if value is None else value
+
+    changed = [f"--{k.replace('_', '-')} {shown(old.get(k))} → {shown(new.get(k))}"
+               for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return ", ".join(changed) or f"chunk list {saved.get('chunks')} → {now.get('chunks')}"
+
+
+# -- the file ----------------------------------------------------------------------------
+
+
+def _key(out_dir: Path, *, create: bool) -> bytes | None:
+    path = Path(out_dir) / RUN_DIR_NAME / KEY_NAME
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        if not create:
+            return None
+    folder = run_dir(out_dir)
+    tmp = folder / f".{KEY_NAME}.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(secrets.token_bytes(32))
+            out.flush()
+            os.fsync(out.fileno())
+        with contextlib.suppress(FileExistsError):  # another process made one first: use it
+            os.link(tmp, path)
+    except OSError as err:
+        raise _naming(err, path) from err
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_bytes()
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """``err`` as it should reach the user: naming the file meant, not a temporary one."""
+    if err.errno is None:
+        return err
+    return OSError(err.errno, err.strerror, str(path))
+
+
+class _Hashing:
+    """A file object that hashes what passes through it on its way to ``raw``."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        self.sha.update(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def _tag(key: bytes, record: bytes, payload_sha: bytes) -> bytes:
+    return hmac.new(key, _PREFIX + record + payload_sha, hashlib.sha256).digest()
+
+
+def write_checkpoint(result: Result, path: Path, provenance: Mapping[str, Any]) -> Path:
+    """Write ``result`` to ``path`` atomically, with ``provenance`` and the checksum that
+    makes it trustworthy to `open_checkpoint` (and only there: a copy in another output
+    directory has another key)."""
+    path = Path(path)
+    key = _key(path.parent, create=True)
+    assert key is not None
+    record = json.dumps({"provenance": dict(provenance),
+                         "entries": result.processed.n_entries,
+                         "written": datetime.now(timezone.utc).isoformat()}).encode()
+    if len(record) > _RECORD_SIZE:
+        raise ValueError(f"checkpoint record too long ({len(record)} bytes)")
+    record = record.ljust(_RECORD_SIZE)
+    with files.atomic_write(path) as raw:
+        raw.write(bytes(_HEADER_SIZE))  # the header, once the payload's hash is known
+        hashing = _Hashing(raw)
+        with lz4.frame.open(hashing, "wb") as out:
+            cloudpickle.dump(result, files._SlicedWriter(out))
+        raw.seek(0)
+        raw.write(_PREFIX + _tag(key, record, hashing.sha.digest()) + record)
+        raw.seek(0, os.SEEK_END)
+    return path
+
+
+@dataclass
+class SavedCheckpoint:
+    """A checkpoint whose checksum is verified; its result is unpickled only by `load`,
+    once `check` found it was made by the same analysis."""
+
+    path: Path
+    provenance: dict[str, Any]
+    entries: int
+    _file: IO[bytes] = field(repr=False)
+
+    def check(self, now: Mapping[str, Any]) -> None:
+        """Raise `UserError` naming, in one line, everything in ``now`` that differs from
+        what wrote the checkpoint."""
+        changes = _changes(self.provenance, now)
+        if changes is not None:
+            self.close()
+            raise UserError(changes)
+
+    def load(self) -> Result:
+        try:
+            self._file.seek(_HEADER_SIZE)
+            with lz4.frame.open(self._file, "rb") as src:
+                loaded = cloudpickle.load(src)
+        finally:
+            self._file.close()
+        if not isinstance(loaded, Result):  # verified, so written by a coffea-hpc run
+            raise UserError(f"{self.path} is not a coffea-hpc checkpoint")
+        log.info("resuming from %s (%d entries done)", self.path, loaded.processed.n_entries)
+        return loaded
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def open_checkpoint(path: Path | None) -> SavedCheckpoint | None:
+    """The checkpoint at ``path`` if there is one, its checksum verified; `UserError` in
+    one line if it is damaged or was not written for this output directory."""
+    if path is None:
+        raise UserError("resuming needs the output directory of the interrupted run")
+    path = Path(path)
+    try:
+        src = open(path, "rb")  # noqa: SIM115 - stays open until `load`: what was verified
+    except FileNotFoundError:
+        log.info("no checkpoint in %s: starting from the beginning", path.parent)
+        return None
+    try:
+        saved = _verified(src, path)
+    except BaseException:
+        src.close()
+        raise
+    return saved
+
+
+def _verified(src: IO[bytes], path: Path) -> SavedCheckpoint:
+    def damaged(why: str) -> UserError:
+        return UserError(f"checkpoint {path} is damaged ({why}): rerun without --resume to "
+                         "start afresh")
+
+    header = src.read(_HEADER_SIZE)
+    if len(header) < _HEADER_SIZE:
+        raise damaged("truncated")
+    if not header.startswith(_PREFIX):
+        raise damaged("not a checkpoint of this coffea-hpc version, or its header is broken")
+    key = _key(path.parent, create=False)
+    if key is None:
+        key_path = path.parent / RUN_DIR_NAME / KEY_NAME
+        raise UserError(f"checkpoint {path} cannot be verified (its key {key_path} is "
+                        "missing): rerun without --resume to start afresh")
+    tag = header[len(_PREFIX):len(_PREFIX) + _TAG_SIZE]
+    record = header[len(_PREFIX) + _TAG_SIZE:]
+    sha = hashlib.sha256()
+    for block in iter(lambda: src.read(1 << 20), b""):
+        sha.update(block)
+    if not hmac.compare_digest(tag, _tag(key, record, sha.digest())):
+        raise damaged("checksum mismatch")
+    meta = json.loads(record)  # verified: written by this directory's runs
+    return SavedCheckpoint(path, meta["provenance"], meta["entries"], src)
+
+
+# -- when to write -------------------------------------------------------------------------
+
+
+@dataclass
+class Checkpointer:
+    """Writes the running result to disk as work gets done.
+
+    A checkpoint is due after ``fraction`` of the run's chunks, or ``interval`` seconds,
+    whichever comes first, once there is new work to save; and never sooner than
+    ``min_spacing`` seconds, nor than twenty times the last write took, so that writing
+    checkpoints costs at most a few percent of the driver's time however large they are.
+    """
+
+    path: Path | None
+    interval: float = 60.0
+    fraction: float = 0.05
+    min_spacing: float = 1.0
+    base: Result = field(default_factory=Result)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    discard: Callable[[list[Any]], None] = field(default=lambda values: None)
+    _last: float = field(default_factory=time.monotonic)
+    _last_done: int = 0
+    _cost: float = 0.0
+
+    def due(self, done: int, total: int) -> bool:
+        if done <= self._last_done:
+            return False
+        since = time.monotonic() - self._last
+        if since >= self.interval:
+            return True
+        step = max(1, math.ceil(total * self.fraction))
+        return done - self._last_done >= step and since >= max(self.min_spacing,
+                                                               20 * self._cost)
+
+    def tick(self, task: Any) -> None:
+        progress = task.progress()
+        if not self.due(progress.done, progress.total):
+            return
+        garbage = getattr(task, "take_garbage", list)()
+        if self.path is not None:
+            partial, _ = task.partial_result()
+            self.write(partial)
+        else:
+            self._last = time.monotonic()
+        self._last_done = progress.done
+        # merged-away partials go only once a checkpoint no longer refers to them
+        self.discard(garbage)
+
+    def write(self, partial: Result) -> None:
+        if self.path is None or (partial.is_empty and self.base.is_empty):
+            return
+        self.write_total(self.base + partial)
+
+    def write_total(self, total: Result) -> None:
+        """Checkpoint a total that already includes ``base`` (the end of a run)."""
+        if self.path is None:
+            return
+        started = time.monotonic()
+        write_checkpoint(total, self.path, self.provenance)
+        self._last = time.monotonic()
+        self._cost = self._last - started
+        log.info("checkpoint written to %s (%.2f s)", self.path, self._cost)
+
+
+# -- one run per output directory -----------------------------------------------------------
+
+_HELD: set[tuple[int, int]] = set()
+"""Output directories (device, inode) this process holds: a lock is per process."""
+_HELD_LOCK = threading.Lock()
+
+
+class OutputLock:
+    """Holds ``OUT/.coffea-hpc/lock`` for a run: a second run into the same directory is
+    refused at once, before it does any work.
+
+    The lock file names its owner (host, pid, start time) for the message. It is held with
+    ``flock``, which the kernel drops when the owner dies however it dies, so a lock left by
+    a killed run on this host is taken over (and the log says so). On a file system without
+    ``flock``, an owner on this host counts as gone when its pid is. A lock from another host
+    is never taken over: whether that run is alive cannot be told from here.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / RUN_DIR_NAME / LOCK_NAME
+        self._fd: int | None = None
+        self._id: tuple[int, int] | None = None
+
+    def __enter__(self) -> OutputLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        run_dir(self.out_dir)
+        st = self.out_dir.stat()
+        ident = (st.st_dev, st.st_ino)
+        with _HELD_LOCK:
+            if ident in _HELD:
+                raise UserError(f"output directory {self.out_dir} is in use by another run "
+                                "in this process: wait for it to end, or choose another "
+                                "output directory")
+            _HELD.add(ident)
+        try:
+            self._acquire(ident)
+        except BaseException:
+            with _HELD_LOCK:
+                _HELD.discard(ident)
+            raise
+
+    def _acquire(self, ident: tuple[int, int]) -> None:
+        for _ in range(10):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                locked = _flock(fd)
+                if locked and not _same_file(fd, self.path):
+                    os.close(fd)  # its owner removed it as we opened it: take the new one
+                    continue
+                self._take(fd, locked)
+            except _Held:
+                owner = _read_owner(fd)
+                os.close(fd)
+                raise self._in_use(owner) from None
+            except OSError as err:
+                os.close(fd)
+                raise _naming(err, self.path) from err
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd, self._id = fd, ident
+            return
+        raise UserError(f"cannot lock {self.path}: it keeps changing; is another run "
+                        "starting there?")
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            if _same_file(self._fd, self.path):
+                self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+        with _HELD_LOCK:
+            _HELD.discard(self._id)  # type: ignore[arg-type]
+
+    def _take(self, fd: int, locked: bool) -> None:
+        owner = _read_owner(fd)
+        if owner:
+            host, pid = owner.get("host"), owner.get("pid")
+            if host != socket.gethostname():
+                raise UserError(
+                    f"output directory {self.out_dir} is in use by a run on host {host} (pid "
+                    f"{pid}, started {owner.get('started', '?')}): wait for it to end, or "
+                    f"choose another output directory; if no run is going on there, delete "
+                    f"{self.path}")
+            if isinstance(pid, int) and pid != os.getpid():
+                alive = _alive(pid)
+                if alive and not locked:
+                    raise _Held
+                log.warning("taking over the lock left in %s by pid %d (%s)", self.out_dir,
+                            pid, "it holds no lock" if alive else "no longer running")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_me()).encode(), 0)
+        os.fsync(fd)
+
+    def _in_use(self, owner: dict[str, Any] | None) -> UserError:
+        who = (f" (pid {owner.get('pid')} on host {owner.get('host')}, started "
+               f"{owner.get('started', '?')})" if owner else "")
+        return UserError(f"output directory {self.out_dir} is in use by another run{who}: "
+                         "wait for it to end, or choose another output directory")
+
+
+def _flock(fd: int) -> bool:
+    """Take the lock (`_Held` if another process has it); False where the file system has
+    no ``flock``."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _Held from None
+    except OSError as err:
+        if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return False
+        raise
+    return True
+
+
+class _Held(Exception):
+    """Another process holds the lock."""
+
+
+def _me() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _read_owner(fd: int) -> dict[str, Any] | None:
+    data = os.pread(fd, 4096, 0)
+    try:
+        owner = json.loads(data) if data.strip() else None
+    except ValueError:
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,509 @@
+"""Checkpoints a resumed run can trust, one run per output directory, checkpoints by work
+done, and a full disk that costs nothing but a rerun.
+
+Every test runs the real thing: ``coffea-hpc run`` as a process where the command line's
+answer matters, the library where only the outcome does, and a real (small) tmpfs for the
+full disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lz4.frame
+import pytest
+from coffea.util import load
+
+from coffea_hpc.backends import ErrorPolicy
+from coffea_hpc.checkpoint import open_checkpoint, write_checkpoint
+from coffea_hpc.errors import ChunkFailedError, UserError
+from coffea_hpc.processing.result import Result
+from coffea_hpc.runner import run
+from tests.helpers import write_slow_processor
+
+ANALYSIS = '''
+import time
+from pathlib import Path
+
+import awkward as ak
+import hist
+from coffea import processor
+
+HERE = Path(__file__).parent
+BINS = {bins}
+DELAY = {delay}
+CHANNELS = {{"ee", "emu", "mumu", "tautau"}}  # a set: pickles in a per-process order
+
+
+class Analysis(processor.ProcessorABC):
+    """Fails on the chunk at entry 2000 while HERE/bug exists; logs each chunk to HERE/calls."""
+
+    def __init__(self):
+        self.systematics = {{"nominal", "jesUp", "jesDown", "jerUp", "jerDown"}}
+
+    def process(self, events):
+        meta = events.metadata
+        if meta["entrystart"] == 2000 and (HERE / "bug").exists():
+            raise KeyError("Muon_ptt")
+        time.sleep(DELAY)
+        h = hist.Hist.new.Reg(BINS, 0, 200, name="pt").Int64()
+        h.fill(pt=ak.flatten(events.Muon.pt))
+        with open(HERE / "calls", "a") as log:
+            log.write(f"{{meta['dataset']}}-{{Path(meta['filename']).stem}}-{{meta['entrystart']}}\\n")
+        return {{"pt": h, "entries": len(events), "channels": len(CHANNELS)}}
+
+    def postprocess(self, accumulator):
+        return accumulator
+'''
+
+
+def write_analysis(folder: Path, *, bins: int = 50, delay: float = 0.0) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "analysis.py").write_text(ANALYSIS.format(bins=bins, delay=delay))
+    return f"{folder / 'analysis.py'}:Analysis"
+
+
+def calls(folder: Path) -> list[str]:
+    path = folder / "calls"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "coffea_hpc.cli.app", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_args(processor: str, fileset_path: Path, out: Path, *more: str) -> list[str]:
+    return ["run", processor, "--fileset", str(fileset_path), "-o", str(out),
+            "--executor", "iterative", "--chunksize", "1000", "--retries", "0", *more]
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The command's whole answer, which must be a single ``error:`` line."""
+    text = proc.stdout + proc.stderr
+    assert "Traceback" not in text, text[-3000:]
+    lines = [line for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, text[-3000:]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def failed_run(tmp_path_factory, fileset_path):
+    """An output directory a real run left after a chunk failed: a checkpoint to resume."""
+    root = tmp_path_factory.mktemp("failed")
+    processor = write_analysis(root / "code")
+    (root / "code" / "bug").touch()
+    out = root / "out"
+    proc = cli(*run_args(processor, fileset_path, out))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert (out / "checkpoint.coffea").exists()
+    return out
+
+
+def copy_of(out: Path, where: Path) -> Path:
+    return Path(shutil.copytree(out, where / "out"))
+
+
+# -- a damaged checkpoint --------------------------------------------------------------
+
+
+def test_a_checkpoint_is_private_and_still_coffeas_format(failed_run):
+    path = failed_run / "checkpoint.coffea"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert oct((failed_run / ".coffea-hpc").stat().st_mode & 0o777) == "0o700"
+    assert oct((failed_run / ".coffea-hpc" / "key").stat().st_mode & 0o777) == "0o600"
+    saved = load(path)  # coffea.util.load passes over the checksum
+    assert isinstance(saved, Result) and 0 < saved.processed.n_entries < 12_000
+
+
+@pytest.mark.parametrize("damage", ["empty", "header only", "half", "random bytes"])
+def test_a_damaged_checkpoint_is_refused_in_one_line(failed_run, fileset_path, tmp_path,
+                                                     damage):
+    out = copy_of(failed_run, tmp_path)
+    path = out / "checkpoint.coffea"
+    data = path.read_bytes()
+    damaged = {"empty": b"", "header only": data[:4096], "half": data[:len(data) // 2],
+               "random bytes": random.Random(1).randbytes(len(data))}[damage]
+    path.write_bytes(damaged)
+    processor = f"{failed_run.parent / 'code' / 'analysis.py'}:Analysis"
+    before = calls(failed_run.parent / "code")
+
+    proc = cli(*run_args(processor, fileset_path, out, "--resume"))
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert line.startswith(f"error: checkpoint {path} is damaged (")
+    assert line.endswith("): rerun without --resume to start afresh")
+    assert path.read_bytes() == damaged  # nothing lost, nothing rewritten
+    assert calls(failed_run.parent / "code") == before
+
+
+def test_no_single_bit_flip_is_ever_loaded(failed_run, tmp_path):
+    out = copy_of(failed_run, tmp_path)
+    path = out / "checkpoint.coffea"
+    data = path.read_bytes()
+    saved = open_checkpoint(path)
+    assert saved is not None and saved.load().processed.n_entries > 0  # the intact one loads
+
+    rng = random.Random(2024)
+    positions = rng.sample(range(4096), 100) + rng.sample(range(4096, len(data)), 200)
+    for position in positions:
+        flipped = bytearray(data)
+        flipped[position] ^= 1 << rng.randrange(8)
+        path.write_bytes(flipped)
+        with pytest.raises(UserError, match=r"is damaged \(") as info:
+            open_checkpoint(path)
+        assert "rerun without --resume" in str(info.value), position
+
+
+class Plant:
+    """Creates a file when unpickled: what a planted checkpoint would do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+@pytest.mark.parametrize("form", ["coffea format", "behind a genuine header"])
+def test_a_planted_pickle_is_never_unpickled(failed_run, fileset_path, tmp_path, form):
+    planted = lz4.frame.compress(pickle.dumps(Plant(tmp_path / "planted")))
+    load_works = tmp_path / "control"
+    (tmp_path / "control.coffea").write_bytes(
+        lz4.frame.compress(pickle.dumps(Plant(load_works))))
+    load(tmp_path / "control.coffea")
+    assert load_works.exists()  # the plant works on whoever unpickles it
+
+    out = copy_of(failed_run, tmp_path)
+    path = out / "checkpoint.coffea"
+    header = path.read_bytes()[:4096]
+    path.write_bytes(planted if form == "coffea format" else header + planted)
+    processor = f"{failed_run.parent / 'code' / 'analysis.py'}:Analysis"
+    proc = cli(*run_args(processor, fileset_path, out, "--resume"))
+    assert proc.returncode == 2
+    assert "is damaged (" in one_error_line(proc)
+    assert not (tmp_path / "planted").exists()
+
+
+def test_a_checkpoint_from_another_output_directory_is_refused(failed_run, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(failed_run, elsewhere)
+    shutil.rmtree(elsewhere / ".coffea-hpc")
+    with pytest.raises(UserError, match=r"cannot be verified \(its key .* is missing\)"):
+        open_checkpoint(elsewhere / "checkpoint.coffea")
+
+    # a directory with its own key: the copied checkpoint's checksum is not of that key
+    write_checkpoint(Result(), elsewhere / "other.coffea", {})
+    with pytest.raises(UserError, match=r"is damaged \(checksum mismatch\)"):
+        open_checkpoint(elsewhere / "checkpoint.coffea")
+
+
+# -- a checkpoint of another analysis ---------------------------------------------------
+
+
+def test_resume_after_changing_the_binning_is_refused_before_any_chunk(fileset_path, tmp_path):
+    code = tmp_path / "code"
+    processor = write_analysis(code, bins=50)
+    (code / "bug").touch()
+    out = tmp_path / "out"
+    assert cli(*run_args(processor, fileset_path, out)).returncode == 1
+    checkpoint = (out / "checkpoint.coffea").read_bytes()
+    done = calls(code)
+    saved = {f"{ds}-{Path(fn).stem}-{start}" for (ds, fn, _), spans in
+             load(out / "checkpoint.coffea").processed for a, b in spans
+             for start in range(a, b, 1_000)}
+    assert 0 < len(saved) <= len(done) < 12
+    (code / "bug").unlink()  # the analyst fixes the bug, and changes the binning too
+
+    write_analysis(code, bins=40)
+    proc = cli(*run_args(processor, fileset_path, out, "--resume"))
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert line.startswith("error: the processor changed since the checkpoint was written "
+                           "(processor digest ")
+    assert line.endswith("): rerun without --resume, or resume with the original processor")
+    assert calls(code) == done  # refused before any chunk ran
+    assert (out / "checkpoint.coffea").read_bytes() == checkpoint
+
+    # the unchanged file in a new process resumes: the digest does not vary by process
+    write_analysis(code, bins=50)
+    proc = cli(*run_args(processor, fileset_path, out, "--resume"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = calls(code)
+    assert len(set(after)) == 12 and all(after.count(chunk) == 1 for chunk in saved)
+    output = load(out / "output.coffea")
+    assert output["entries"] == 12_000 and len(output["pt"].axes[0]) == 50
+
+
+DIGEST = """
+import sys
+from coffea_hpc.checkpoint import processor_digest
+from coffea_hpc.processing.processor import ProcessorHandle, load_processor
+print(processor_digest(ProcessorHandle.wrap(load_processor(sys.argv[1]))))
+"""
+
+
+def test_the_processor_digest_is_the_same_in_every_process(tmp_path):
+    processor = write_analysis(tmp_path / "a", bins=50)
+
+    def digest(seed: str) -> str:
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        return subprocess.run([sys.executable, "-c", DIGEST, processor], env=env, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    assert digest("1") == digest("2") == digest("3")
+    first = digest("1")
+    write_analysis(tmp_path / "a", bins=51)
+    assert digest("1") != first
+
+
+class Recording:
+    """Logs each chunk it processes; fails at entry 1000 while a flag file exists."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = str(folder)
+
+    def process(self, events):
+        folder = Path(self.folder)
+        if events.metadata["entrystart"] == 1000 and (folder / "bug").exists():
+            raise KeyError("Muon_ptt")
+        with open(folder / "calls", "a") as log:
+            log.write(f"{events.metadata['entrystart']}\n")
+        return {"entries": len(events)}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"limit_files": 1}, r"^the fileset changed since the checkpoint was written \(its "
+                         r"datasets.*: rerun without --resume, or resume with the original "
+                         r"fileset$"),
+    ({"schema": "base"}, r"^the schema changed .*\(--schema nanoaod → base\)"),
+    ({"chunksize": 700}, r"^the chunking changed .*\(--chunksize 1000 → 700\)"),
+    ({"limit_chunks": 2}, r"^the chunking changed .*\(--limit-chunks unset → 2\)"),
+    ({"processor": "other", "chunksize": 700},
+     r"^the processor and the chunking changed .*\(processor digest \w+ → \w+; --chunksize "
+     r"1000 → 700\)"),
+], ids=["fileset", "schema", "chunksize", "limit-chunks", "processor and chunking"])
+def test_resume_with_another_setup_is_refused_naming_it(fileset, tmp_path, change, message):
+    (tmp_path / "bug").touch()
+    out = tmp_path / "out"
+    options = {"backend": "iterative", "chunksize": 1_000, "output_dir": out,
+               "policy": ErrorPolicy(max_retries=0)}
+    processor = Recording(tmp_path)
+    with pytest.raises(ChunkFailedError):
+        run(processor, fileset, **options)
+    done = calls(tmp_path)
+    (tmp_path / "bug").unlink()
+    if change.pop("processor", None):
+        processor = Recording(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match=message):
+        run(processor, fileset, **{**options, **change}, resume=True)
+    assert calls(tmp_path) == done
+
+    outcome = run(Recording(tmp_path), fileset, **options, resume=True)  # as it was: resumes
+    assert outcome.output["entries"] == 12_000
+
+
+def test_resume_with_another_coffea_hpc_version_is_refused(fileset, tmp_path):
+    out = tmp_path / "out"
+    (tmp_path / "bug").touch()
+    with pytest.raises(ChunkFailedError):
+        run(Recording(tmp_path), fileset, backend="iterative", chunksize=1_000, output_dir=out,
+            policy=ErrorPolicy(max_retries=0))
+    saved = open_checkpoint(out / "checkpoint.coffea")
+    assert saved is not None
+    provenance, result = {**saved.provenance, "version": "0.0.1"}, saved.load()
+    write_checkpoint(result, out / "checkpoint.coffea", provenance)
+    with pytest.raises(UserError, match=r"^coffea-hpc changed since the checkpoint was written "
+                                        r"\(version 0\.0\.1 → .*resume with coffea-hpc 0\.0\.1$"):
+        run(Recording(tmp_path), fileset, backend="iterative", chunksize=1_000, output_dir=out,
+            resume=True)
+
+
+# -- one run per output directory ----------------------------------------------------------
+
+
+def test_a_second_run_into_the_same_directory_is_refused_at_once(fileset_path, tmp_path):
+    slow = write_slow_processor(tmp_path / "slow.py", 1.0)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "coffea_hpc.cli.app", "run", slow, "--fileset",
+            str(fileset_path), "-o", str(out), "--executor", "iterative", "--chunksize", "1000"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lock = out / ".coffea-hpc" / "lock"
+    deadline = time.monotonic() + 60
+    while not (lock.exists() and lock.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert json.loads(lock.read_text())["pid"] == first.pid
+
+    started = time.monotonic()
+    second = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 2
+    assert first.poll() is None, "the first run ended before the second was refused"
+    line = one_error_line(second)
+    assert line == (f"error: output directory {out} is in use by another run (pid {first.pid} "
+                    f"on host {socket.gethostname()}, started "
+                    f"{json.loads(lock.read_text())['started']}): wait for it to end, or "
+                    "choose another output directory")
+    assert time.monotonic() - started < 30
+
+    log = first.communicate(timeout=120)[0]
+    assert first.returncode == 0, log[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "complete" and report["metrics"]["chunks"] == 12
+    assert not lock.exists()
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_lock_left_by_a_dead_run_is_taken_over(fileset, tmp_path, caplog):
+    out = tmp_path / "out"
+    (out / ".coffea-hpc").mkdir(parents=True)
+    pid = dead_pid()
+    (out / ".coffea-hpc" / "lock").write_text(json.dumps(
+        {"host": socket.gethostname(), "pid": pid, "started": "yesterday"}))
+    caplog.set_level("WARNING", logger="coffea_hpc")
+    outcome = run(Recording(tmp_path), fileset, backend="iterative", chunksize=1_000,
+                  output_dir=out)
+    assert outcome.output["entries"] == 12_000
+    assert f"taking over the lock left in {out} by pid {pid} (no longer running)" in caplog.text
+    assert not (out / ".coffea-hpc" / "lock").exists()
+
+
+def test_a_lock_from_another_host_is_refused_naming_it(fileset, tmp_path):
+    out = tmp_path / "out"
+    (out / ".coffea-hpc").mkdir(parents=True)
+    lock = out / ".coffea-hpc" / "lock"
+    lock.write_text(json.dumps({"host": "node042.example", "pid": 4242, "started": "today"}))
+    with pytest.raises(UserError, match=r"in use by a run on host node042\.example \(pid 4242, "
+                                        r"started today\).*delete .*lock$"):
+        run(Recording(tmp_path), fileset, backend="iterative", chunksize=1_000, output_dir=out)
+    assert sorted(p.name for p in out.iterdir()) == [".coffea-hpc"]  # nothing done
+    assert json.loads(lock.read_text())["host"] == "node042.example"  # and the lock kept
+
+
+def test_one_process_cannot_run_twice_into_one_directory(fileset, tmp_path):
+    from coffea_hpc.checkpoint import OutputLock
+
+    out = tmp_path / "out"
+    with OutputLock(out), pytest.raises(UserError, match="in use by another run in this process"):
+        run(Recording(tmp_path), fileset, backend="iterative", chunksize=1_000, output_dir=out)
+
+
+# -- checkpoints by work done ----------------------------------------------------------------
+
+
+def test_a_driver_killed_early_keeps_most_of_what_it_did(fileset_path, tmp_path):
+    """With the default interval (a minute), a driver killed a few seconds in still has a
+    checkpoint of most of the chunks it finished: checkpoints follow the work done."""
+    code = tmp_path / "code"
+    processor = write_analysis(code, delay=0.4)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "coffea_hpc.cli.app",
+            *run_args(processor, fileset_path, out)]
+    args[args.index("--chunksize") + 1] = "400"
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    prepared = out / "prepared.json"
+    deadline = time.monotonic() + 60
+    while not prepared.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    mapping = json.loads(prepared.read_text())
+    total = sum(len(f["steps"]) for ds in mapping.values() for f in ds["files"].values())
+    assert total >= 30
+    while len(calls(code)) < 0.2 * total and time.monotonic() < deadline:
+        time.sleep(0.02)
+    driver.kill()
+    driver.communicate(timeout=60)
+    done = set(calls(code))
+    assert 0.2 * total <= len(done) < 0.5 * total
+
+    resumed = cli(*args[3:], "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = calls(code)
+    assert len(set(after)) == total
+    again = [chunk for chunk in done if after.count(chunk) > 1]
+    kept = len(done) - len(again)
+    assert kept > len(done) / 2, f"{kept} of {len(done)} finished chunks kept"
+    assert load(out / "output.coffea")["entries"] == 12_000
+
+
+# -- a full disk --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs: a full disk in miniature (needs root; skipped otherwise)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path, leave_pages: int) -> Path:
+    """Fill ``disk`` but for ``leave_pages`` pages."""
+    filler = disk / "filler"
+    block = b"\0" * 4096
+    with open(filler, "wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(block)
+        except OSError:
+            pass
+    size = filler.stat().st_size
+    os.truncate(filler, max(0, size - leave_pages * 4096))
+    return filler
+
+
+@pytest.mark.parametrize("pages, fails", [
+    (0, ".coffea-hpc/lock"), (1, "prepared.json"), (2, ".coffea-hpc/key"),
+    (3, "checkpoint.coffea"), (6, "checkpoint.coffea"),
+], ids=["lock", "prepared", "key", "first-checkpoint", "later-checkpoint"])
+def test_a_full_disk_is_one_line_and_rerun_with_resume_completes(fileset_path, tmp_path,
+                                                                 small_disk, pages, fails):
+    """With that many pages free, writing that file fails first (six pages: a later
+    checkpoint, the first one kept); each is one line, leaves no temporary file, loses
+    nothing that was saved, and the rerun with --resume completes."""
+    slow = write_slow_processor(tmp_path / "slow.py", 0.2)
+    out = small_disk / "out"
+    filler = fill(small_disk, pages)
+    args = ["run", slow, "--fileset", str(fileset_path), "-o", str(out), "--executor",
+            "iterative", "--chunksize", "1000", "--checkpoint-every", "0"]
+    proc = cli(*args)
+    assert proc.returncode == 1
+    line = one_error_line(proc)
+    assert line == f"error: no space left on {out / fails}: free space and rerun with --resume"
+    leftovers = [p.name for p in out.rglob("*") if p.name.endswith(".tmp")
+                 or p.name.startswith((".report", ".prepared", ".checkpoint", ".output"))]
+    assert leftovers == []
+    if (out / "prepared.json").exists():
+        json.loads((out / "prepared.json").read_text())  # whole, or not there
+    assert (out / "checkpoint.coffea").exists() is (pages == 6)
+    if pages == 6:
+        saved = open_checkpoint(out / "checkpoint.coffea")
+        assert saved is not None and saved.entries > 0
+        saved.close()
+
+    filler.unlink()  # the analyst frees space
+    resumed = cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "complete" and report["events"] == 12_000
+    assert not (out / "checkpoint.coffea").exists()

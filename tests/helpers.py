@@ -42,6 +42,9 @@ def assert_same(a: Any, b: Any, path: str = "output") -> None:
         assert type(b).__name__ == "column_accumulator", f"{path}: {type(b).__name__}"
         np.testing.assert_array_equal(np.sort(a.value, axis=0), np.sort(b.value, axis=0),
                                       err_msg=path)
+    elif type(a).__name__ == "value_accumulator":
+        assert type(b).__name__ == "value_accumulator", f"{path}: {type(b).__name__}"
+        assert_same(a.value, b.value, f"{path}.value")
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
 

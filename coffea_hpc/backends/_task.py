@@ -95,8 +95,8 @@ class FutureTask:
         self._attempts: dict[Hashable, int] = {}
         self._done: set[Hashable] = set()
         self._failed: dict[Hashable, Failure] = {}
-        self._labels: dict[Hashable, str] = {}
-        self._weights: dict[Hashable, int] = {}
+        self._total_weight = 0
+        self._done_weight = 0
         self._retries = 0
         self._status = TaskStatus.PENDING
         self._stop: ChunkFailedError | None = None
@@ -106,7 +106,7 @@ class FutureTask:
         self._probing: set[Hashable] = set()
         """Keys whose failure would stop the task, being retried: nothing new starts meanwhile."""
         for element in work:
-            self._remember(element)
+            self._total_weight += element.weight
             self._backlog.append(element)
         self._fill()
         if not self._inflight:
@@ -161,8 +161,8 @@ class FutureTask:
             total=len(self._all_keys),
             done=len(self._done),
             failed=len(self._failed),
-            total_weight=sum(self._weights.values()),
-            done_weight=sum(self._weights.get(k, 0) for k in self._done),
+            total_weight=self._total_weight,
+            done_weight=self._done_weight,
             retries=self._retries,
         )
 
@@ -179,14 +179,12 @@ class FutureTask:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _remember(self, element: WorkElement) -> None:
-        keys = element.keys
-        share = element.weight // max(len(keys), 1)
-        label = getattr(element, "labels", None)
-        for i, key in enumerate(keys):
-            self._weights.setdefault(key, share)
-            if label is not None:
-                self._labels.setdefault(key, label[i])
+    def _mark_done(self, element: WorkElement, keys: list[Hashable]) -> None:
+        """Progress counts events as elements report them: per-key state is the set of
+        keys done, nothing more, so a million chunks cost the driver little memory."""
+        new = [k for k in keys if k not in self._done]
+        self._done.update(new)
+        self._done_weight += element.weight // max(len(element.keys), 1) * len(new)
 
     def _fill(self) -> None:
         """Submit waiting elements while the window has room and no failure is in doubt."""
@@ -249,17 +247,19 @@ class FutureTask:
             self._unmergeable(element, err)
             return
         unattempted = set(result.unattempted)
-        self._done.update(k for k in element.keys if k not in errors and k not in unattempted)
+        self._mark_done(element, [k for k in element.keys
+                                  if k not in errors and k not in unattempted])
         self._probing.difference_update(element.keys)
         if unattempted:
             self._backlog.extendleft(reversed(list(self._work.subset(unattempted))))
         retry: list[Hashable] = []
+        labels = dict(zip(element.keys, getattr(element, "labels", ()), strict=False))
         for key, error in errors.items():
             attempts = self._attempts.get(key, 0) + 1
             self._attempts[key] = attempts
-            label = self._labels.get(key, str(key))
+            label = labels.get(key, str(key))
             if error.matches(self._policy.cancel_on):
-                self._halt(key, error, attempts)
+                self._halt(key, error, attempts, label)
                 return
             if attempts <= self._policy.max_retries:
                 log.info("retrying %s after %s (attempt %d)", label, error.summary(), attempts)
@@ -272,7 +272,7 @@ class FutureTask:
                 self._failed[key] = failure
                 self._acc.failures = (*self._acc.failures, failure)
             else:
-                self._halt(key, error, attempts)
+                self._halt(key, error, attempts, label)
                 return
         if retry:
             self._retries += len(retry)
@@ -285,6 +285,7 @@ class FutureTask:
         sum before it failed, so none of it is kept: it would count those entries twice
         after a resume."""
         key = element.keys[0]
+        labels = getattr(element, "labels", None)
         dataset = f" (dataset {key[0]!r})" if isinstance(key, tuple) and key else ""
         overlap = isinstance(err, OverlapError)  # found before anything was added
         what = "an overlapping result" if overlap else "its output cannot be added to the others'"
@@ -292,8 +293,10 @@ class FutureTask:
             self._forget_inflight()  # what finished meanwhile might not add up either
             self._acc = Result()
             self._done.clear()
+            self._done_weight = 0
         message = f"{what}{dataset}: {err}"
-        self._halt(key, RemoteError((type(err).__name__,), message), 1)
+        self._halt(key, RemoteError((type(err).__name__,), message), 1,
+                   labels[0] if labels else None)
 
     def _complete(self) -> None:
         """Finish, after checking that every key is either done or recorded as failed."""
@@ -323,8 +326,9 @@ class FutureTask:
         for element in self._reducer.merges(self._acc):
             self._launch(element, merge=True)
 
-    def _halt(self, key: Hashable, error: RemoteError, attempts: int) -> None:
-        label = self._labels.get(key, str(key))
+    def _halt(self, key: Hashable, error: RemoteError, attempts: int,
+              label: str | None = None) -> None:
+        label = label or str(key)
         tries = f" (after {attempts} attempts)" if attempts > 1 else ""
         self._status = TaskStatus.FAILED
         self._keep_finished()
@@ -357,7 +361,7 @@ class FutureTask:
                 continue
             del self._inflight[token]
             self._acc.absorb(result)
-            self._done.update(element.keys)
+            self._mark_done(element, list(element.keys))
 
     def _forget_inflight(self) -> None:
         """Cancel what has not started; results of what has are ignored when they come.

@@ -10,7 +10,7 @@ import pytest
 
 from coffea_hpc.data.ranges import EntryRanges
 from coffea_hpc.errors import MergeError, OverlapError
-from coffea_hpc.processing.result import Failure, RemoteError, Result
+from coffea_hpc.processing.result import Failure, RemoteError, Result, merge_values
 
 KEY = ("d", "/f.root", "Events")
 
@@ -71,3 +71,55 @@ def test_remote_errors_match_by_type_across_processes():
     assert "Traceback" in err.traceback
     failure = Failure(KEY, err, 2, "f.root[0:10]")
     assert failure.describe().startswith("f.root[0:10]: FileNotFoundError")
+
+
+def _zoo():
+    import copy
+    from collections import defaultdict
+
+    import hist
+    import numpy as np
+    from coffea.processor import column_accumulator, value_accumulator
+
+    def h(*labels):
+        out = hist.Hist(hist.axis.StrCategory([], growth=True, name="dataset"),
+                        hist.axis.Regular(4, 0, 4, name="x"), storage=hist.storage.Weight())
+        for i, label in enumerate(labels):
+            out.fill(dataset=label, x=[i + 0.5], weight=[0.1 * (i + 1)])
+        return out
+
+    a = {"h": h("a", "b"), "n": 3, "f": 0.25, "s": {"x"}, "arr": np.arange(3.0), "l": [1],
+         "cut": defaultdict(int, {"all": 5}), "col": column_accumulator(np.arange(2)),
+         "val": value_accumulator(float, 1.5), "only_a": {"deep": h("z")}}
+    b = {"h": h("c", "a"), "n": 2.5, "f": 1, "s": {"y"}, "arr": np.ones(3), "l": [2],
+         "cut": defaultdict(int, {"all": 1, "two": 1}), "col": column_accumulator(np.arange(3)),
+         "val": value_accumulator(float, 2.0), "only_b": h("q")}
+    return copy.deepcopy(a), copy.deepcopy(b)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_merge_values_is_coffeas_accumulate(in_place):
+    from coffea.processor.accumulator import add, iadd
+
+    from tests.helpers import assert_same
+
+    a, b = _zoo()
+    ours = merge_values(a, b, in_place=in_place)
+    theirs = (iadd if in_place else add)(*_zoo())
+    assert_same(ours, theirs)
+    assert list(ours) == list(theirs)  # key order too
+    assert list(ours["h"].axes[0]) == list(theirs["h"].axes[0])  # category order too
+    if not in_place:
+        assert_same(a, _zoo()[0])  # operands untouched
+    else:
+        assert ours is a
+
+
+@pytest.mark.parametrize(("x", "y"), [({"a": 1}, 2), ({"a": 1}, {1, 2}), ([1], {"a": 1})])
+def test_merging_what_coffea_cannot_merge_is_a_merge_error(x, y):
+    from coffea.processor.accumulator import add
+
+    with pytest.raises(ValueError):
+        add(x, y)
+    with pytest.raises(MergeError, match="cannot merge"):
+        merge_values(x, y)

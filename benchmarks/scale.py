@@ -1,0 +1,252 @@
+"""Driver scale: how many chunks per second the driver handles, with how much memory.
+
+    python benchmarks/scale.py                                   # 10^4, 10^5, 10^6 chunks
+    python benchmarks/scale.py --files 100000 --chunks-per-file 10 --json .bench/scale.json
+    python benchmarks/scale.py --backend parsl --files 200 --chunks-per-file 10
+
+``--backend sim`` replaces the workers by a stand-in whose elements complete at once with a
+realistic result (a dict of histograms of about 100 kB and the element's entry ranges), so
+what is measured is the driver alone: loading a prepared fileset, chunking, submitting,
+the exactly-once ledger, merging, progress and checkpoints. ``--backend parsl`` runs a real
+local HighThroughputExecutor (32 workers) with a no-op processor over tiny chunks and
+compares chunks/s with Parsl's own throughput for no-op apps on the same executor settings
+in the same run.
+
+Each size runs in a fresh process, so its peak resident memory is its own. Numbers, with the
+command that produced them, go to RESULTS-scale.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+DEFAULT_SIZES = ((1_000, 10), (10_000, 10), (100_000, 10))
+ENTRIES_PER_CHUNK = 1_000
+HIST_BINS = 12_500  # float64: 100 kB
+
+
+def write_prepared(path: Path, files: int, chunks_per_file: int) -> Path:
+    """A prepared fileset (entries, uuid and steps known), written as plain JSON: no file
+    is opened, as with a fileset from ``coffea-hpc preprocess``."""
+    n = chunks_per_file * ENTRIES_PER_CHUNK
+    steps = [[i * ENTRIES_PER_CHUNK, (i + 1) * ENTRIES_PER_CHUNK] for i in range(chunks_per_file)]
+    datasets: dict[str, Any] = {}
+    for i in range(files):
+        name = f"Dataset{i % 20:02d}"
+        ds = datasets.setdefault(name, {"treename": "Events", "files": {}, "metadata": {}})
+        ds["files"][f"/store/mc/{name}/NANOAODSIM/file_{i:06d}.root"] = {
+            "object_path": "Events", "num_entries": n,
+            "uuid": f"{i:08x}-0000-4000-8000-000000000000", "steps": steps}
+    path.write_text(json.dumps(datasets))
+    return path
+
+
+def noop(events: Any) -> dict[str, int]:
+    return {"events": len(events)}
+
+
+def _sim_backend(workers: int) -> Any:
+    import hist
+    import numpy as np
+
+    from coffea_hpc.backends._base import PoolBackend
+    from coffea_hpc.data.ranges import EntryRanges
+    from coffea_hpc.processing.result import Result
+
+    template = hist.Hist(hist.axis.StrCategory(["Dataset00"], growth=True, name="dataset"),
+                         hist.axis.Regular(HIST_BINS - 2, 0, 1, name="x"))
+    template.view(flow=True)[...] = np.arange(HIST_BINS, dtype=np.float64)
+    # a worker's result arrives pickled: unpickling it is the driver's work, making it not
+    wire = pickle.dumps({"x": template})
+
+    class SimBackend(PoolBackend):
+        """Elements complete at once: the result a worker would send, without the work."""
+
+        name = "sim"
+        first_submit: float | None = None
+
+        @property
+        def workers(self) -> int:
+            return workers
+
+        def submit(self, element: Any) -> Future:
+            if self.first_submit is None:
+                self.first_submit = time.perf_counter()
+            ranges = EntryRanges()
+            for c in element.chunks:
+                ranges += EntryRanges.of((c.dataset, c.filename, c.treename), c.entrystart,
+                                         c.entrystop)
+            future: Future = Future()
+            future.set_result(Result(value={**pickle.loads(wire), "n": len(element.chunks)},
+                                     processed=ranges, metrics={"chunks": len(element.chunks)}))
+            return future
+
+        def _start(self) -> None:
+            pass
+
+        def _close(self) -> None:
+            pass
+
+    return SimBackend()
+
+
+def measure_sim(files: int, chunks_per_file: int, workers: int, per_task: int) -> dict:
+    from coffea_hpc.reduction.merge import peak_rss
+    from coffea_hpc.runner import run
+
+    with tempfile.TemporaryDirectory(prefix="coffea-hpc-scale-") as tmp:
+        prepared = write_prepared(Path(tmp) / "prepared.json", files, chunks_per_file)
+        backend = _sim_backend(workers)
+        started = time.perf_counter()
+        outcome = run(noop, prepared, backend=backend, output_dir=Path(tmp) / "out",
+                      chunks_per_task=per_task, checkpoint_interval=3600)
+        wall = time.perf_counter() - started
+        chunks = outcome.report["metrics"]["chunks"]
+        assert chunks == files * chunks_per_file, (chunks, files * chunks_per_file)
+        checkpoint_s = _time_checkpoint(outcome.result, Path(tmp) / "checkpoint.coffea")
+    return {"chunks": chunks, "files": files, "backend": "sim",
+            "chunks_per_s": round(chunks / wall, 1),
+            "driver_peak_rss_bytes": peak_rss(),
+            "first_chunk_s": round(backend.first_submit - started, 3),
+            "checkpoint_s": round(checkpoint_s, 3),
+            "wall_s": round(wall, 2), "stages_s": outcome.report["stages_s"]}
+
+
+def _time_checkpoint(result: Any, path: Path) -> float:
+    """A checkpoint of the whole run's result, written the way a run writes it."""
+    from coffea_hpc.checkpoint import write_checkpoint
+
+    started = time.perf_counter()
+    write_checkpoint(result, path, {})
+    return time.perf_counter() - started
+
+
+def measure_parsl(files: int, chunks_per_file: int, workers: int, per_task: int) -> dict:
+    """coffea-hpc's chunks/s over a real local HTEx (its processing stage), then Parsl's own
+    no-op apps on the same executor, in this process."""
+    from coffea_hpc.backends.parsl import ParslBackend, local_htex_config
+    from coffea_hpc.data.synthetic import SyntheticDataset, generate
+    from coffea_hpc.reduction.merge import peak_rss
+    from coffea_hpc.runner import run
+
+    with tempfile.TemporaryDirectory(prefix="coffea-hpc-scale-") as tmp:
+        fs = generate(Path(tmp) / "data", events_per_file=chunks_per_file * 10,
+                      datasets=(SyntheticDataset("Tiny", "dy", files),), basket_entries=10)
+        first = _FirstChunk()
+        backend = ParslBackend(local_htex_config(workers, Path(tmp) / "parsl"),
+                               workers=workers)
+        with backend:  # Parsl alone first; the run then stops the executor as it ends
+            raw = _parsl_noop_rate(backend, files * chunks_per_file)
+            outcome = run(noop, fs, backend=backend, chunksize=10, schema="base",
+                          output_dir=Path(tmp) / "out", chunks_per_task=per_task,
+                          reporter=first)
+            chunks = outcome.report["metrics"]["chunks"]
+    ours = chunks / outcome.report["stages_s"]["processing"]
+    return {"chunks": chunks, "files": files, "backend": "parsl",
+            "chunks_per_s": round(ours, 1), "parsl_noop_tasks_per_s": round(raw, 1),
+            "ratio_to_parsl": round(ours / raw, 2),
+            "driver_peak_rss_bytes": peak_rss(),
+            "first_chunk_s": round(first.seconds, 3) if first.seconds else None,
+            "checkpoint_s": None, "stages_s": outcome.report["stages_s"]}
+
+
+class _FirstChunk:
+    """A progress reporter that notes when the first chunk came back, from the start."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.seconds: float | None = None
+        self._label = ""
+
+    def start(self, label: str, total: int, unit: str) -> None:
+        self._label = label
+
+    def update(self, progress: Any) -> None:
+        if self._label == "processing" and progress.done and self.seconds is None:
+            self.seconds = time.perf_counter() - self.started
+
+    finish = update
+
+
+def _noop_app() -> int:
+    return 0
+
+
+def _parsl_noop_rate(backend: Any, tasks: int) -> float:
+    """What Parsl alone sustains on the same executor: ``tasks`` no-op python apps,
+    submitted at once, as parsl-perf does."""
+    from parsl import python_app
+
+    app = python_app(_noop_app, data_flow_kernel=backend.dfk, executors="all")
+    app().result()  # warm
+    started = time.perf_counter()
+    futures = [app() for _ in range(tasks)]
+    for f in futures:
+        f.result()
+    return tasks / (time.perf_counter() - started)
+
+
+def _one(args: argparse.Namespace) -> dict:
+    measure = measure_sim if args.backend == "sim" else measure_parsl
+    return measure(args.files, args.chunks_per_file, args.workers, args.chunks_per_task)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, help="files (default: every default size)")
+    parser.add_argument("--chunks-per-file", type=int, default=10)
+    parser.add_argument("--backend", choices=("sim", "parsl"), default="sim")
+    parser.add_argument("--workers", type=int, default=32)
+    parser.add_argument("--chunks-per-task", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(_one(args)))
+        return 0
+    sizes = [(args.files, args.chunks_per_file)] if args.files else list(DEFAULT_SIZES)
+    if args.backend == "parsl" and not args.files:
+        sizes = [(200, 10)]
+    results = []
+    for files, per_file in sizes:
+        command = [sys.executable, __file__, "--one", "--files", str(files),
+                   "--chunks-per-file", str(per_file), "--backend", args.backend,
+                   "--workers", str(args.workers), "--chunks-per-task",
+                   str(args.chunks_per_task)]
+        done = subprocess.run(command, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        if done.returncode != 0:
+            print(done.stderr[-3000:], file=sys.stderr)
+            return done.returncode
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        _print_row(results[-1])
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"results": results}, indent=1) + "\n")
+    return 0
+
+
+def _print_row(row: dict) -> None:
+    extra = f"  {row['ratio_to_parsl']}x Parsl's no-op rate" if "ratio_to_parsl" in row else ""
+    check = f"{row['checkpoint_s']:.3f} s" if row["checkpoint_s"] is not None else "-"
+    print(f"{row['backend']:5} {row['files']:>7,} files {row['chunks']:>9,} chunks  "
+          f"{row['chunks_per_s']:>9,.0f} chunks/s  peak RSS "
+          f"{row['driver_peak_rss_bytes'] / 1e6:7.0f} MB  first chunk "
+          f"{row['first_chunk_s']} s  checkpoint {check}{extra}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,7 @@ guarantees a resumed run cannot count an entry twice.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import platform
@@ -149,6 +150,11 @@ def run(
             chunks = _todo(every_chunk, checkpoint.base)
             per_task = chunks_per_task or auto_chunks_per_task(chunks, backend.workers)
             work = Workload(handle, chunks, schema=schema, chunks_per_task=per_task, spill=spill)
+
+            def report(status: str, result: Result, **kw: Any) -> dict[str, Any]:
+                return _report(status, started, backend, prep, work, result, stages,
+                               resumed=checkpoint.base.processed.n_entries, **kw)
+
             # the MPI merge's ranks start now and wait, so the merge begins with the last partial
             merge_job = (stack.enter_context(reduction.merge_job()) if remote_storage is None
                          else None)
@@ -164,18 +170,15 @@ def run(
                 done = checkpoint.base + _partial(err)
                 done.failures = (*done.failures, *err.failures)
                 err.resumable = bool(done.processed) and checkpoint_path is not None
-                err.report_path = _write_report(out_dir, _report("failed", started, backend,
-                                                                 prep, work, done, stages,
-                                                                 error=str(err)))
+                err.report_path = _write_report(out_dir, report("failed", done, error=str(err)))
                 raise
             except BaseException as err:
                 partial, _ = task.partial_result()
                 not_saved = _save_after(err, checkpoint, partial, task)
                 interrupted = isinstance(err, KeyboardInterrupt)
                 with contextlib.suppress(OSError):  # a full disk: the error says so already
-                    _write_report(out_dir, _report(
-                        "interrupted" if interrupted else "failed", started, backend, prep,
-                        work, checkpoint.base + partial, stages,
+                    _write_report(out_dir, report(
+                        "interrupted" if interrupted else "failed", checkpoint.base + partial,
                         error=None if interrupted else f"{type(err).__name__}: {err}"))
                 if not_saved is not None:
                     raise not_saved from err  # nothing may say the work was saved
@@ -183,8 +186,7 @@ def run(
 
             total = checkpoint.base + result
             with _kept_for_resume("final_merge", checkpoint, total, out_dir,
-                                  lambda status, **kw: _report(status, started, backend, prep,
-                                                               work, total, stages, **kw)):
+                                  lambda status, **kw: report(status, total, **kw)):
                 unmerged = total.value
                 with stages("final_merge"):
                     if remote_storage is not None:  # merge where the partials are
@@ -198,31 +200,29 @@ def run(
         remote = total.value if isinstance(total.value, RemoteOutput) else None
         merged, total.value = total.value, unmerged  # a failed write resumes from the partials
         with _kept_for_resume("output", checkpoint, total, out_dir,
-                              lambda status, **kw: _report(status, started, backend, prep, work,
-                                                           total, stages, **kw)), \
+                              lambda status, **kw: report(status, total, **kw)), \
                 stages("output"):
             final = None if remote else postprocess(proc, merged)
             if out_dir is not None and remote is None:
                 files.save(final, out_dir / files.OUTPUT_NAME)
         total.value = merged
-        report = _report("complete" if not total.failures else "incomplete", started, backend,
-                         prep, work, total, stages)
-        report["reduction"] = {"mode": reduction.mode,
-                               "merge_tasks": total.metrics.get("merges", 0),
-                               "final_merge": merge_stats.as_dict()}
+        summary = report("complete" if not total.failures else "incomplete", total)
+        summary["reduction"] = {"mode": reduction.mode,
+                                "merge_tasks": total.metrics.get("merges", 0),
+                                "final_merge": merge_stats.as_dict()}
         if remote is not None:
-            report["output_location"] = remote.location
+            summary["output_location"] = remote.location
             log.warning("the output (%.1f MB) stays where it was made: %s", remote.nbytes / 1e6,
                         remote.location)
         if out_dir is not None:
-            _write_report(out_dir, report)
+            _write_report(out_dir, summary)
             if checkpoint_path is not None:
                 checkpoint_path.unlink(missing_ok=True)
         if getattr(backend, "remote_storage", None) is None:
             # everything in this run's spill folder is merged now (or orphaned by a merge that
             # was still running when an earlier attempt stopped)
             shutil.rmtree(spill.directory, ignore_errors=True)
-        return RunOutcome(final, total, report, out_dir, prep.fileset, remote)
+        return RunOutcome(final, total, summary, out_dir, prep.fileset, remote)
     finally:
         if saved is not None:
             saved.close()
@@ -367,13 +367,17 @@ def _report(
     stages: _Stages,
     *,
     error: str | None = None,
+    resumed: int = 0,
 ) -> dict[str, Any]:
+    """``resumed``: events a checkpoint brought in, counted in the totals but not in the
+    rate, which is this run's own."""
     wall = time.time() - started
     metrics = dict(result.metrics)
     entries = result.processed.n_entries
     datasets = []
+    chunks_per_dataset = collections.Counter(c.dataset for c in work.chunks)
     for ds in prep.fileset:
-        n_chunks = sum(1 for c in work.chunks if c.dataset == ds.name)
+        n_chunks = chunks_per_dataset[ds.name]
         processed = sum(sum(b - a for a, b in spans)
                         for (d, _, _), spans in result.processed if d == ds.name)
         datasets.append({"name": ds.name, "files": len(ds.files), "chunks": n_chunks,
@@ -388,7 +392,8 @@ def _report(
         "backend": getattr(backend, "name", type(backend).__name__),
         "workers": getattr(backend, "workers", None),
         "events": entries,
-        "events_per_s": round(entries / wall, 1) if wall > 0 else None,
+        "events_per_s": round((entries - resumed) / wall, 1) if wall > 0 else None,
+        "resumed_events": resumed,
         "datasets": datasets,
         "failed_chunks": [_failure_row(f) for f in result.failures],
         "skipped_files": [

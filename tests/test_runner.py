@@ -104,6 +104,11 @@ def test_a_failed_run_keeps_its_work_and_resumes(fileset, runner_output, tmp_pat
     assert len(logs) == 12
     assert all(logs[name] == "processed\n" for name in saved_chunks)
     assert not (out / "checkpoint.coffea").exists()
+    # the rate is this run's own: the checkpoint's events are counted, not timed
+    report = outcome.report
+    assert report["resumed_events"] == saved.processed.n_entries
+    this_run = report["events_per_s"] * report["wall_time_s"]
+    assert this_run == pytest.approx(12_000 - saved.processed.n_entries, rel=0.01)
 
 
 def test_resume_with_other_chunking_is_refused(fileset, tmp_path):

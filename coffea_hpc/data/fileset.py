@@ -24,6 +24,8 @@ __all__ = ["DEFAULT_TREENAME", "Dataset", "File", "Fileset"]
 DEFAULT_TREENAME = "Events"
 
 _DATASET_KEYS = {"files", "treename", "metadata", "form"}
+_INDENTED_UP_TO = 1_000
+"""Files up to which a saved fileset is indented for people to read."""
 _FILE_KEYS = {"object_path", "treename", "steps", "num_entries", "entries", "uuid"}
 
 
@@ -174,8 +176,10 @@ class Fileset(BaseModel):
         mapping = self.to_mapping()
         if path.suffix.lower() in {".yaml", ".yml"}:
             text = yaml.safe_dump(mapping, sort_keys=False)
-        else:
+        elif sum(len(ds.files) for ds in self) <= _INDENTED_UP_TO:
             text = json.dumps(mapping, indent=1) + "\n"
+        else:  # indenting is pure Python in json: 20 s for 10^5 files, 1 s without
+            text = json.dumps(mapping) + "\n"
         with atomic_write(path, mode=0o666) as out:  # a fileset is shared as the umask allows
             out.write(text.encode())
         return path

@@ -64,6 +64,7 @@ class Workload:
         self.schema = schema
         self.chunks_per_task = chunks_per_task
         self.spill = spill
+        self._positions: dict[Hashable, int] | None = None
 
     def __iter__(self) -> Iterator[ProcessChunks]:
         batch: list[Chunk] = []
@@ -91,10 +92,14 @@ class Workload:
         return [c.key for c in self.chunks]
 
     def subset(self, keys: Iterable[Hashable]) -> Workload:
-        wanted = set(keys)
+        """The chunks with these keys, in order; a retry asks for a few keys of a million
+        chunks, so positions are looked up, not searched for."""
+        if self._positions is None:
+            self._positions = {c.key: i for i, c in enumerate(self.chunks)}
+        where = sorted({self._positions[k] for k in keys if k in self._positions})
         return Workload(
             self.processor,
-            [c for c in self.chunks if c.key in wanted],
+            [self.chunks[i] for i in where],
             schema=self.schema,
             chunks_per_task=self.chunks_per_task,
             spill=self.spill,

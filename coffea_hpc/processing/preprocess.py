@@ -7,12 +7,14 @@ already known (a prepared fileset) is not opened again.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from coffea_hpc.backends.protocol import Backend, ErrorPolicy
 from coffea_hpc.data.chunks import aligned_steps, even_steps
+from coffea_hpc.errors import FilesetError
 from coffea_hpc.processing.result import Failure, RemoteError, Result
 from coffea_hpc.processing.worker import builder
 from coffea_hpc.progress import Reporter, watch
@@ -113,7 +115,8 @@ def preprocess(
     ``chunksize=None`` keeps the steps a prepared fileset already has (and uses
     `DEFAULT_CHUNKSIZE` for files without); a number re-splits every file.
     With ``align_clusters`` chunks end on ROOT cluster boundaries, which needs each file
-    opened. Unreadable files stop preprocessing unless ``policy`` continues on `OSError`
+    opened. Every file is tried before deciding: unreadable files stop the run with one
+    `FilesetError` listing each of them, unless ``policy`` continues on their errors
     (``ErrorPolicy.skip_bad_files()``); skipped files are listed in the outcome.
     """
     todo = Inspection(
@@ -124,11 +127,18 @@ def preprocess(
     infos: dict[FileKey, FileInfo] = {}
     skipped: list[Failure] = []
     if len(todo):
-        task = backend.compute(todo, policy)
+        policy = policy or ErrorPolicy()
+        find_all = dataclasses.replace(policy, continue_on=(Exception,))
+        task = backend.compute(todo, find_all)
         result = watch(task, "preprocessing", reporter, unit="files",
                        workers=getattr(backend, "connected_workers", None))
         infos = result.value or {}
         skipped = list(result.failures)
+        unreadable = [f for f in skipped if not f.error.matches(policy.continue_on)]
+        if unreadable:
+            raise FilesetError(
+                f"{len(unreadable)} of {len(todo)} files cannot be read (--skip-bad-files "
+                "goes on without them):" + "".join(f"\n  {_one_line(f)}" for f in unreadable))
     skipped_keys = {f.key for f in skipped}
 
     from coffea_hpc.data.fileset import Dataset, Fileset
@@ -144,6 +154,11 @@ def preprocess(
         if files:
             datasets[ds.name] = Dataset(name=ds.name, files=tuple(files), metadata=ds.metadata)
     return Preprocessed(Fileset(datasets=datasets), skipped)
+
+
+def _one_line(failure: Failure) -> str:
+    first = failure.error.summary().strip().splitlines()[0] if failure.error.summary() else ""
+    return f"{failure.label or failure.key}: {first}"
 
 
 def _prepared(f: File, info: FileInfo | None, chunksize: int | None) -> File:

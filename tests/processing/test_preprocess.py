@@ -9,7 +9,7 @@ import uproot
 
 from coffea_hpc.backends import ErrorPolicy, make_backend
 from coffea_hpc.data.fileset import Fileset
-from coffea_hpc.errors import ChunkFailedError
+from coffea_hpc.errors import FilesetError
 from coffea_hpc.processing.preprocess import preprocess
 
 
@@ -62,9 +62,14 @@ def with_bad_files(fileset, tmp_path):
     })
 
 
-def test_bad_files_stop_preprocessing_with_their_name(with_bad_files, backend):
-    with pytest.raises(ChunkFailedError, match=r"missing.root:Events: BadFileError: cannot open"):
+def test_bad_files_stop_preprocessing_naming_every_one(with_bad_files, backend):
+    """Every file is tried first: all the bad ones are named, one line each."""
+    with pytest.raises(FilesetError, match=r"2 of 3 files cannot be read") as info:
         preprocess(with_bad_files, backend, policy=ErrorPolicy(max_retries=0))
+    lines = str(info.value).splitlines()[1:]
+    assert len(lines) == 2
+    assert any("missing.root:Events: BadFileError: cannot open" in line for line in lines)
+    assert any("has no tree 'WrongTree'" in line for line in lines)
 
 
 def test_skip_bad_files_reports_and_goes_on(with_bad_files, backend):

@@ -3,7 +3,8 @@
 coffea's own format (lz4 around one cloudpickle) must be decompressed and unpickled whole,
 which costs two to three partials' worth of memory for a moment. Spilled partials are
 internal, so they use a layout that can be read one buffer at a time and added straight
-into a running sum: memory is the sum plus one buffer, whatever the partial's size.
+into a running sum: memory is the sum plus one piece, whatever the partial's size (plus one
+histogram's storage where its growth category axes list other labels than the sum's).
 
     magic (8 bytes) | skeleton length (8) | lz4(cloudpickle(skeleton))
     per buffer, per piece: compressed length (8) | lz4 block of at most 1 MiB of raw bytes

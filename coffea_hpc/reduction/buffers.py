@@ -30,24 +30,25 @@ _ADDITIVE = (bh.storage.Double, bh.storage.Int64, bh.storage.Weight, bh.storage.
 
 @dataclass(frozen=True)
 class Slot:
-    """Where a buffer goes: a histogram (described by its axes, storage and labels, so the
-    skeleton stays small) or a bare array (``axes`` is None)."""
+    """Where a buffer goes: a histogram (described by its axes, storage and attributes, so
+    the skeleton stays small) or a bare array (``axes`` is None)."""
 
     index: int
     shape: tuple[int, ...]
     dtype: str
     axes: tuple[Any, ...] | None = None
     storage: Any = None
-    labels: tuple[Any, Any, Any] = (None, None, None)  # name, label, metadata
+    attrs: dict[str, Any] | None = None  # vars(): name, label, metadata, whether variances
+    # are known (hist forgets them when a Double storage is added to), anything user-set
 
     @property
     def is_hist(self) -> bool:
         return self.axes is not None
 
     def new_hist(self) -> hist.Hist:
-        name, label, metadata = self.labels
-        return hist.Hist(*self.axes or (), storage=self.storage, name=name, label=label,
-                         metadata=metadata)
+        h = hist.Hist(*self.axes or (), storage=self.storage)
+        vars(h).update(self.attrs or {})
+        return h
 
 
 def raw_view(obj: hist.Hist | np.ndarray) -> np.ndarray:
@@ -76,10 +77,8 @@ def skeleton(value: Any) -> tuple[Any, list[np.ndarray]]:
         if _bufferable(node):
             raw = raw_view(node)
             if isinstance(node, hist.Hist):
-                attrs = vars(node)  # .metadata warns (and will raise) when never set
                 slot = Slot(len(buffers), raw.shape, raw.dtype.str, tuple(node.axes),
-                            node.storage_type(), (attrs.get("name"), attrs.get("label"),
-                                                  attrs.get("metadata")))
+                            node.storage_type(), dict(vars(node)))
             else:
                 slot = Slot(len(buffers), raw.shape, raw.dtype.str)
             buffers.append(raw)
@@ -104,7 +103,8 @@ def fold_buffers(total: Any, other_skeleton: Any, read: Reader) -> Any:
 
     A buffer is added into the matching histogram or array of ``total`` (or fills a new one
     where ``total`` has nothing at that place), piece by piece if ``read`` wants: no copy of
-    the sender's output is ever held whole. Buffers are read in index order, as sent.
+    the sender's output is ever held whole, at most one of its histograms, when its growth
+    category axes list other labels than the total's. Buffers are read in index order.
     """
     expected = iter(range(sum(1 for _ in _slots(other_skeleton))))
     return _fold(total, other_skeleton, read, expected, "output")
@@ -120,10 +120,13 @@ def _fold(total: Any, other: Any, read: Reader, expected: Iterator[int], path: s
             read(other, raw_view(target), False)
             return target
         if isinstance(total, hist.Hist):
-            if not other.is_hist or total.axes != hist.axis.NamedAxesTuple(other.axes):
-                raise MergeError(f"{path}: histograms with different axes cannot be merged")
+            if not other.is_hist:
+                raise MergeError(f"{path}: cannot merge a histogram with an array")
             if type(total.storage_type()) is not type(other.storage):
                 raise MergeError(f"{path}: histograms with different storages cannot be merged")
+            total._variance_known = False  # what hist's += does (a Double's are now unknown)
+            if total.axes != hist.axis.NamedAxesTuple(other.axes):
+                return _add_relabelled(total, other, read, path)
         elif not isinstance(total, np.ndarray) or other.is_hist:
             raise MergeError(f"{path}: cannot merge {type(total).__name__} with a histogram")
         mine = raw_view(total)
@@ -144,6 +147,123 @@ def _fold(total: Any, other: Any, read: Reader, expected: Iterator[int], path: s
         return merge_values(total, other, in_place=True)
     except MergeError as err:
         raise MergeError(f"{path}: {err}") from None
+
+
+_CATEGORIES = (bh.axis.StrCategory, bh.axis.IntCategory)
+
+
+def _add_relabelled(total: hist.Hist, other: Slot, read: Reader, path: str) -> hist.Hist:
+    """Add a histogram whose growth category axes list other labels, or the same ones in
+    another order, as hist's ``+=`` does: by label, new labels appended in the sender's order.
+
+    Chunks fill growth axes in the order they meet datasets and systematics, so partials
+    seldom agree. hist's own ``+=`` does this bin by bin (~40x slower than adding buffers);
+    here the sender's storage is read into an array of its own and added through an index
+    map along the category axes. Memory: the sum plus that histogram's storage.
+    """
+    theirs = tuple(other.axes)
+    if len(theirs) != total.ndim or not all(
+            a == b or _same_but_labels(a, b) for a, b in zip(total.axes, theirs, strict=True)):
+        raise MergeError(f"{path}: histograms with different axes cannot be merged")
+    total = _grown(total, theirs)
+    if total.axes == hist.axis.NamedAxesTuple(theirs):  # it only lacked labels: in place
+        read(other, raw_view(total), True)
+        return total
+    part = np.empty(other.shape, np.dtype(other.dtype))  # 4x faster than an empty Hist
+    read(other, part, False)
+    _add_by_label(total, theirs, part)
+    return total
+
+
+def _same_but_labels(a: Any, b: Any) -> bool:
+    return (type(a) is type(b) and isinstance(a, _CATEGORIES) and a.traits.growth
+            and a.traits == b.traits and vars(a) == vars(b))
+
+
+def _grown(total: hist.Hist, theirs: tuple[Any, ...]) -> hist.Hist:
+    """``total`` with the labels it lacks appended, as hist's ``+=`` appends them.
+
+    Grown in place, by a fill of weight zero: boost-histogram moves the storage and frees
+    the old one at once, where a new histogram would leave the old one alive in the
+    caller's mapping while the sender is read (a third histogram at the peak). A histogram
+    with an empty axis holds no bins to move, and is built anew.
+    """
+    new = [_missing(mine, other) for mine, other in zip(total.axes, theirs, strict=True)]
+    count = max(map(len, new))
+    if not count:
+        return total
+    if all(axis.size or labels for axis, labels in zip(total.axes, new, strict=True)):
+        columns = [[labels[i % len(labels)] for i in range(count)] if labels
+                   else [axis.value(0)] * count  # any valid value: the weight is zero
+                   for axis, labels in zip(total.axes, new, strict=True)]
+        return total.fill(*columns, weight=np.zeros(count, dtype=np.int64))
+    axes = [_with_labels(axis, labels) if labels else axis
+            for axis, labels in zip(total.axes, new, strict=True)]
+    grown = hist.Hist(*axes, storage=total.storage_type())
+    vars(grown).update(vars(total))  # name, label, metadata, anything the user set
+    _add_by_label(grown, tuple(total.axes), raw_view(total))  # flow bins of a fixed axis
+    return grown
+
+
+def _missing(mine: Any, theirs: Any) -> list[Any]:
+    if mine == theirs:
+        return []
+    known = set(mine)
+    return [label for label in theirs if label not in known]
+
+
+def _with_labels(axis: Any, labels: list[Any]) -> Any:
+    attrs = vars(axis)  # name and label from here: the properties fall back on each other
+    return type(axis)([*axis, *labels], name=attrs.get("name", ""), label=attrs.get("label", ""),
+                      growth=True, overflow=axis.traits.overflow, __dict__=dict(attrs))
+
+
+def _add_by_label(total: hist.Hist, axes: tuple[Any, ...], src: np.ndarray) -> None:
+    """Add ``src``, the raw storage of a histogram with ``axes``, into ``total``, whose
+    category axes hold every label of those.
+
+    Storage is first-axis-fastest, so the flat buffers are (outer, middle, inner) blocks:
+    axes before the first relabelled one are a contiguous run, identical in both; those
+    after the last are identical rows. Only the middle is remapped, with one small index
+    array (``np.take`` along it, 256 KiB at a time): 3-4x the time of a plain add.
+    """
+    if not src.size:
+        return
+    dst = raw_view(total)
+    maps = [None if a == b else _index_map(a, b) for a, b in zip(axes, total.axes, strict=True)]
+    moved = [k for k, m in enumerate(maps) if m is not None]
+    first, last = moved[0], moved[-1]
+    s_ext, d_ext = [a.extent for a in axes], total.axes.extent
+    inner = src.size // int(np.prod(s_ext)) * int(np.prod(s_ext[:first]))
+    s_mid, d_mid = int(np.prod(s_ext[first:last + 1])), int(np.prod(d_ext[first:last + 1]))
+    offset = np.zeros((), np.intp)  # where each middle bin of src goes in the total's
+    stride = 1
+    for k in range(first, last + 1):
+        index = maps[k] if maps[k] is not None else np.arange(s_ext[k])
+        offset = np.add.outer(offset, index * stride)
+        stride *= d_ext[k]
+    source = np.zeros(d_mid, np.intp)  # for each middle bin of the total: src's
+    source[offset.ravel(order="F")] = np.arange(s_mid)
+    missing = np.setdiff1d(np.arange(d_mid), offset)  # bins src lacks: nothing to add
+    src3, dst3 = src.reshape(-1, s_mid, inner), dst.reshape(-1, d_mid, inner)
+    if inner == 2 and src.dtype == np.float64:  # (value, variance): one complex per bin
+        src3, dst3 = src3.view(np.complex128), dst3.view(np.complex128)
+    rows = min(len(src3), max(1, (1 << 18) // dst3[0].nbytes))  # 256 KiB: in cache
+    taken = np.empty((rows, *dst3.shape[1:]), dst3.dtype)
+    for start in range(0, len(src3), rows):
+        block = src3[start:start + rows]
+        out = taken[:len(block)]
+        np.take(block, source, axis=1, out=out)
+        out[:, missing] = 0
+        dst3[start:start + rows] += out
+
+
+def _index_map(mine: Any, theirs: Any) -> np.ndarray:
+    where = {label: i for i, label in enumerate(theirs)}
+    index = [where[label] for label in mine]
+    if mine.traits.overflow:
+        index.append(theirs.size)
+    return np.array(index, dtype=np.intp)
 
 
 def _slots(node: Any) -> Iterator[Slot]:

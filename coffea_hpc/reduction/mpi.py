@@ -127,11 +127,31 @@ def mpi_merge(inputs: Sequence[str | Path], output_path: str | Path | None = Non
 
     Returns the total (on rank 0; None elsewhere) and this rank's stats; rank 0's stats
     cover the whole merge (wall time, bytes read by all ranks, the largest peak RSS).
+
+    A rank that fails names its error on standard error and ends every rank (``Abort``):
+    the others would wait for it forever, some of them spinning inside a blocking send.
     """
     if comm is None:
         from mpi4py import MPI
 
         comm = MPI.COMM_WORLD
+    try:
+        return _merge(inputs, output_path, comm)
+    except Exception as err:
+        if comm.Get_size() == 1:
+            raise  # nobody waits: the caller reports it
+        _abort(comm, err)
+        raise
+
+
+def _abort(comm: Any, err: Exception) -> None:
+    what = str(err) if isinstance(err, MergeError) else f"{type(err).__name__}: {err}"
+    print(f"error (rank {comm.Get_rank()}): {what}", file=sys.stderr, flush=True)
+    comm.Abort(2)  # the launcher ends every rank; this call does not return
+
+
+def _merge(inputs: Sequence[str | Path], output_path: str | Path | None,
+           comm: Any) -> tuple[Any, MergeStats]:
     rank, size = comm.Get_rank(), comm.Get_size()
     started = time.perf_counter()
     baseline = psutil.Process().memory_info().rss  # interpreter and libraries, before data
@@ -220,10 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         inputs, output_path = request["inputs"], request["output"]
     try:
         _, stats = mpi_merge(inputs, output_path, comm)
-    except Exception as err:  # any rank failing must stop them all, or the others wait forever
-        what = str(err) if isinstance(err, MergeError) else f"{type(err).__name__}: {err}"
-        print(f"error (rank {comm.Get_rank()}): {what}", file=sys.stderr, flush=True)
-        comm.Abort(2)
+    except Exception as err:  # a single rank: mpi_merge left the report to us
+        _abort(comm, err)
         return 2
     if comm.Get_rank() == 0:
         if args.serve:

@@ -10,6 +10,7 @@ reduction stage merges where memory allows.
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
 from collections.abc import Iterator, Mapping
@@ -21,11 +22,15 @@ import hist
 import numpy as np
 
 from coffea_hpc import output
+from coffea_hpc.errors import MergeError
 from coffea_hpc.processing.result import DeferredValue, merge_values
 from coffea_hpc.reduction._spillfile import SPILL_SUFFIX, fold_spill_file, write_spill_file
 
 __all__ = ["SpillPolicy", "SpillSet", "SpilledRef", "load_spilled", "save_spilled",
            "serialized_size", "spill"]
+
+_SAMPLE = 1024
+"""Items of a large container that `serialized_size` looks at."""
 
 
 @dataclass(frozen=True)
@@ -110,27 +115,63 @@ def fold_spilled(total: Any, ref: SpilledRef | str | Path) -> Any:
     try:
         if path.suffix == SPILL_SUFFIX:
             return fold_spill_file(total, path)
-        return merge_values(total, output.load(path), in_place=True)
+        value = output.load(path)
     except FileNotFoundError:
-        from coffea_hpc.errors import MergeError
-
         raise MergeError(f"partial {str(path)!r} is missing (deleted, or not on shared "
                          "storage?)") from None
+    except MergeError:
+        raise
+    except Exception as err:  # truncated, corrupt: name the file, not just the codec's words
+        raise MergeError(f"partial {str(path)!r} cannot be read: "
+                         f"{type(err).__name__}: {err}") from err
+    return merge_values(total, value, in_place=True)
 
 
 def serialized_size(value: Any) -> int:
-    """Bytes the value's arrays take in memory, an upper-bound proxy for its pickle.
+    """Bytes the value takes in memory, a proxy for the size of its pickle.
 
-    Walks mappings, sequences and sets; counts histogram storage and numpy arrays exactly
-    and anything else as a small constant. Cheap enough to call after every chunk, unlike
-    pickling the value to find out.
+    Decides whether a worker spills its partial, so everything that can be large must count:
+    histogram storage (mean storages included), numpy and awkward arrays (``nbytes``),
+    strings and bytes, containers of them (a set of a million event IDs), and coffea's
+    ``column_accumulator`` and ``value_accumulator`` (their ``value``). Cheap enough to call
+    after every chunk, unlike pickling the value to find out: one pass, no copies.
     """
+    kind = type(value)
+    if kind is str or kind is bytes or kind is bytearray:
+        return len(value) + 16
     if isinstance(value, hist.Hist):
-        return int(value.view(flow=True).nbytes) + 1024
-    if isinstance(value, np.ndarray):
-        return int(value.nbytes)
+        labels = sum(_labels_size(axis) for axis in value.axes)
+        return int(value.view(flow=True).nbytes) + labels + 1024
     if isinstance(value, Mapping):
-        return sum(serialized_size(v) + 64 for v in value.values())
+        return 64 + sum(serialized_size(k) + serialized_size(v) for k, v in value.items())
     if isinstance(value, list | tuple | set | frozenset):
-        return sum(serialized_size(v) for v in value) + 64
-    return 64
+        return _items_size(value)
+    nbytes = getattr(value, "nbytes", None)  # numpy, awkward (ak.Array.nbytes)
+    if isinstance(nbytes, int | np.integer):
+        return int(nbytes) + 64
+    if kind.__module__.startswith("coffea.") and hasattr(value, "value"):
+        return 64 + serialized_size(value.value)  # column_accumulator, value_accumulator
+    return 16
+
+
+def _items_size(items: Any) -> int:
+    """Estimated from the first items when there are many: a set of a million event IDs
+    takes a third of a second just to iterate, for every chunk. Such containers hold one
+    kind of thing, so the sample's mean is a good guess."""
+    count = len(items)
+    sample = items if count <= 4 * _SAMPLE else itertools.islice(items, _SAMPLE)
+    size = seen = 0
+    for item in sample:
+        kind = type(item)
+        if kind is str or kind is bytes:
+            size += len(item) + 16
+        else:
+            size += 16 if kind is int or kind is float else serialized_size(item)
+        seen += 1
+    return 64 + (size * count // seen if seen else 0)
+
+
+def _labels_size(axis: Any) -> int:
+    if isinstance(axis, hist.axis.StrCategory):
+        return sum(len(label) + 16 for label in axis)
+    return 16 * axis.size if isinstance(axis, hist.axis.IntCategory) else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from coffea_hpc.errors import MergeError
 from coffea_hpc.reduction import load_spilled, merge_stream
 from coffea_hpc.reduction.buffers import fold_buffers, raw_view, skeleton
 from coffea_hpc.reduction.mpi_job import run_mpi_merge
-from tests.helpers import assert_same
+from tests.helpers import assert_same, processes_mentioning
 from tests.reduction.conftest import synthetic_partial
 
 pytestmark = pytest.mark.mpi
@@ -123,3 +124,55 @@ def test_shares_cover_every_input_once_balanced_by_size(tmp_path, n_files, size)
     assert sorted(p for share in shares for p in share) == paths
     loads = [sum(p.stat().st_size for p in share) for share in shares]
     assert max(loads) - min(loads) <= max(p.stat().st_size for p in paths)
+
+
+def _big_partial(seed: int, bins: int = 60_000) -> dict:
+    """~1 MB of random storage: sent with MPI's rendezvous protocol, so a sender blocks
+    inside ``Send`` until its receiver takes it."""
+    import hist
+
+    h = hist.Hist(hist.axis.Regular(bins, 0, 1, name="x"), storage=hist.storage.Weight())
+    view = raw_view(h)
+    view[:] = np.random.default_rng(seed).random(view.size)
+    return {"h": h}
+
+
+@pytest.mark.parametrize("command", ["cli", "module"])
+@pytest.mark.parametrize("fault", ["truncated", "incompatible"])
+def test_a_failing_rank_ends_every_rank_promptly(tmp_path, command, fault):
+    """One rank fails while the others merge, wait for it, or send to it: every rank must
+    end within seconds, the error named, nothing left running.
+
+    ``truncated``: the last rank's share is a partial cut short, it fails reading it while
+    the others are busy with theirs. ``incompatible``: the last partial has another binning;
+    rank 2 fails adding it while rank 3 is inside its send and rank 0 waits for rank 2.
+    """
+    paths = [output.save(_big_partial(i), tmp_path / f"p{i}.coffea") for i in range(3)]
+    last = tmp_path / "p3.coffea"  # the smallest file: the last rank's share
+    if fault == "truncated":
+        output.save(_big_partial(3, bins=40_000), last)
+        last.write_bytes(last.read_bytes()[:-1000])
+    else:
+        output.save(_big_partial(3, bins=50_000), last)
+    paths.append(last)
+    out = tmp_path / "merged.coffea"
+    exe = str(MPIEXEC) if MPIEXEC.exists() else "mpiexec"
+    program = ([str(Path(sys.executable).with_name("coffea-hpc")), "merge"] if command == "cli"
+               else [sys.executable, "-m", "coffea_hpc.reduction.mpi"])
+    extra = ["--mpi"] if command == "cli" else []
+    proc = subprocess.Popen([exe, "-n", "4", *program, *map(str, paths), "-o", str(out),
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # mpiexec passes it on to the ranks
+        _, stderr = proc.communicate(timeout=30)
+        pytest.fail(f"the ranks were still running 30 s after one failed: {stderr[-500:]}")
+    assert proc.returncode != 0
+    if fault == "truncated":
+        assert f"error (rank 3): partial {str(last)!r} cannot be read: EOFError" in stderr
+    else:
+        assert ("error (rank 2): output['h']: histograms with different axes cannot be merged"
+                in stderr)
+    assert not processes_mentioning(str(out)), "a rank outlived the failure"
+    assert not out.exists()

@@ -9,10 +9,15 @@ breaks the whole pool and fails every queued element with it. Charging all of th
 would let one bad chunk exhaust everybody's retries, so this backend works out which element
 was running in the dead process: that one fails (and the task's error policy decides), all
 others are quietly resubmitted to a fresh pool.
+
+A driver killed outright (SIGKILL, the out-of-memory killer) cannot shut its pool down, and
+the pool does not notice on its own: a `Watchdog` stops the forkserver, the workers it forked
+and multiprocessing's resource tracker when the driver dies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -25,7 +30,10 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from coffea_hpc.backends._base import PoolBackend
+from coffea_hpc.backends._watchdog import Watchdog
 from coffea_hpc.backends.protocol import WorkElement
 
 __all__ = ["FuturesBackend", "WorkerDied"]
@@ -38,6 +46,32 @@ _FREE_RESUBMITS = 5
 
 class WorkerDied(RuntimeError):
     """The worker process running an element exited abruptly."""
+
+
+def _pool_servers() -> list[int]:
+    """Start multiprocessing's forkserver and resource tracker now, and return their pids.
+
+    Both belong to the interpreter, not to a pool: started on first use, reused by every
+    pool, and asked for here so that the watchdog knows them before any worker exists.
+    """
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()  # starts the resource tracker first
+    pids = []
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            command = " ".join(child.cmdline())
+            if "multiprocessing.forkserver" in command \
+                    or "multiprocessing.resource_tracker" in command:
+                pids.append(child.pid)
+    return sorted(pids)
+
+
+def _start_worker() -> None:
+    # imported here: the driver need not pay for coffea's imports to choose this backend
+    from coffea_hpc.processing.worker import freeze_startup_objects
+
+    freeze_startup_objects()
 
 
 def _run_tracked(element: WorkElement, scratch: str, token: int) -> Any:
@@ -62,6 +96,7 @@ class FuturesBackend(PoolBackend):
         self._lock = threading.RLock()
         self._tokens = itertools.count()
         self._scratch = ""
+        self._watchdog: Watchdog | None = None
 
     @property
     def workers(self) -> int:
@@ -136,20 +171,36 @@ class FuturesBackend(PoolBackend):
             log.warning("a worker process died; starting a new pool")
             self._pool.shutdown(wait=False, cancel_futures=False)
             self._pool = self._new_pool()
+            self._watch()  # a new forkserver, if the old one died too
         return self._pool
 
     def _new_pool(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["coffea_hpc.processing.worker"])
-        return ProcessPoolExecutor(max_workers=self._workers, mp_context=context)
+        return ProcessPoolExecutor(max_workers=self._workers, mp_context=context,
+                                   initializer=_start_worker)
+
+    def _watch(self) -> None:
+        servers = _pool_servers()
+        if self._watchdog is not None:
+            if list(self._watchdog.pids) == servers:
+                return
+            self._watchdog.release()
+        self._watchdog = Watchdog(servers, descendants=True)
 
     def _start(self) -> None:
         self._scratch = tempfile.mkdtemp(prefix="coffea-hpc-futures-")
         self._pool = self._new_pool()
+        self._watch()
 
     def _close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        shutil.rmtree(self._scratch, ignore_errors=True)
+        try:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.release()
+                self._watchdog = None
+            shutil.rmtree(self._scratch, ignore_errors=True)

@@ -6,6 +6,13 @@ analysis of the chunk. Everything except the entry range is the same for every c
 file, so a worker keeps a few files open and, per file, the tree, its base form and the
 schema's output form; a chunk then only costs a new column mapping and the reconstitution of
 the (virtual, so unread) array.
+
+What a worker keeps must not grow with the number of files it has seen: a job of many small
+files passes thousands through one worker. So the open files are a small LRU, a file leaving
+it is closed and its forms dropped, and uproot's per-file array cache is off (see
+`EventsBuilder`). A closed file's model of its tree is reference cycles that only the cyclic
+collector frees; `EventsBuilder.closed` counts closed files so that the worker can collect
+them (`coffea_hpc.processing.worker`).
 """
 
 from __future__ import annotations
@@ -123,12 +130,21 @@ class _ChunkSchema:
 
 
 class EventsBuilder:
-    """Per-process builder of chunk events, keeping up to ``max_open_files`` files open."""
+    """Per-process builder of chunk events, keeping up to ``max_open_files`` files open.
+
+    Files are opened without uproot's array cache (unless ``uproot_options`` asks for one):
+    by default every open file keeps up to 100 MB of the arrays read from it, but each chunk
+    is a new entry range, read once, so that cache only ever held arrays nobody reads again,
+    and with a closed file it became garbage that waits for the cyclic collector.
+    """
 
     def __init__(self, *, max_open_files: int = 4, uproot_options: dict[str, Any] | None = None):
         self.max_open_files = max_open_files
         self.uproot_options = dict(uproot_options or {})
+        self._open_options = {"array_cache": None, **self.uproot_options}
         self._files: OrderedDict[tuple[str, str], _OpenFile] = OrderedDict()
+        self.closed = 0
+        """Files this builder has closed so far; each left cyclic garbage behind."""
 
     def events(self, chunk: Chunk, schemaclass: type[BaseSchema],
                access_log: list[str] | None = None) -> ak.Array:
@@ -167,7 +183,12 @@ class EventsBuilder:
     def close(self) -> None:
         while self._files:
             _, entry = self._files.popitem()
-            entry.tree.file.close()
+            self._close(entry)
+
+    def _close(self, entry: _OpenFile) -> None:
+        entry.forms.clear()  # the schema and forms are freed now, not at the next collection
+        entry.tree.file.close()
+        self.closed += 1
 
     def tree(self, path: str, treename: str) -> Any:
         """The open tree, from the cache (preprocessing with cluster alignment uses it, so a
@@ -191,12 +212,12 @@ class EventsBuilder:
         if entry is not None:
             self._files.move_to_end(key)
             return entry
-        tree = open_tree(path, treename, self.uproot_options)
+        tree = open_tree(path, treename, self._open_options)
         entry = _OpenFile(tree, str(tree.file.uuid), {})
         self._files[key] = entry
         while len(self._files) > self.max_open_files:
             _, old = self._files.popitem(last=False)
-            old.tree.file.close()
+            self._close(old)
         return entry
 
     @staticmethod

@@ -3,6 +3,11 @@
 State kept per worker process, so that it is paid once and not per chunk: the unpickled
 processor (by digest), the open files and their NanoEvents forms. Each chunk's failure is
 caught and returned as data, so one bad chunk does not throw away the rest of its batch.
+
+None of that state may grow with the files a worker has seen: the files are a small LRU
+(`EventsBuilder`), and what a closed file leaves behind (cycles: uproot's model of the tree,
+the schema) is freed by full collections made here (`_OldGarbage`), since with the thresholds
+of `_fewer_gc_pauses` Python itself would hardly ever make one.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from coffea_hpc.processing.result import Failure, RemoteError, Result
 from coffea_hpc.reduction.spill import SpilledRef, SpillPolicy, SpillSet, serialized_size
 from coffea_hpc.reduction.spill import spill as spill_value
 
-__all__ = ["SCHEMAS", "process_chunks", "resolve_schema"]
+__all__ = ["SCHEMAS", "freeze_startup_objects", "process_chunks", "resolve_schema"]
 
 SCHEMAS = {
     "nanoaod": "NanoAODSchema",
@@ -68,6 +73,56 @@ def builder() -> EventsBuilder:
     if _BUILDER is None:
         _BUILDER = EventsBuilder()
     return _BUILDER
+
+
+class _OldGarbage:
+    """When to collect the oldest generation, which holds what closed files left behind.
+
+    A file stays open across several chunks, so its objects reach the oldest generation;
+    closed, they are garbage there, and with the thresholds of `_fewer_gc_pauses` (and
+    CPython's rule of not collecting it before pending objects reach a quarter of the
+    long-lived ones) a worker reading many files grew by megabytes per file, until a
+    collection that took seconds. A full collection visits the live heap (coffea, numba, the
+    open files: tenths of a second) and the garbage (a NanoAOD file's model of its tree,
+    ~10^5 objects). Visiting the garbage costs the same however it is batched; only the visits
+    of the live heap add up with frequency. So one runs after a chunk when the last one was
+    long enough ago that visiting the live heap takes at most ``share`` of the time, or when
+    ``max_files`` files were closed since (a bound for workers whose live heap is so large
+    that collections are rare).
+    """
+
+    def __init__(self, *, share: float = 0.05, max_files: int = 64) -> None:
+        self.share = share
+        self.max_files = max_files
+        self._at = -float("inf")
+        self._live_cost = 0.0
+        self._closed = 0
+
+    def after_chunk(self, files_closed: int) -> None:
+        now = time.perf_counter()
+        if now - self._at < self._live_cost / self.share \
+                and files_closed - self._closed < self.max_files:
+            return
+        found = gc.collect()
+        self._at = time.perf_counter()
+        live = len(gc.get_objects())
+        self._live_cost = (self._at - now) * live / max(live + found, 1)
+        self._closed = files_closed
+
+
+_OLD_GARBAGE = _OldGarbage()
+
+
+def freeze_startup_objects() -> None:
+    """Leave what a worker process starts with out of every later collection.
+
+    Meant for processes that only run work, as they start: the imports of coffea, awkward
+    and numba are ~10^5 objects that live as long as the process, and every full collection
+    would visit them again (most of its cost on small files). In a process forked from a
+    server that preloaded them, visiting them also writes to the pages it shares with its
+    siblings, so each worker ends up with a private copy.
+    """
+    gc.freeze()
 
 
 @contextlib.contextmanager
@@ -121,6 +176,8 @@ def process_chunks(
                 failures.append(Failure(chunk.key, error, label=chunk.describe()))
                 unattempted = tuple(c.key for c in chunks[i + 1:])
                 break
+            finally:
+                _OLD_GARBAGE.after_chunk(builder().closed)
             if spill is not None and spill.threshold > 0 and acc.value is not None \
                     and serialized_size(acc.value) >= spill.threshold:
                 spilled.append(spill_value(acc.value, spill.directory))

@@ -207,6 +207,10 @@ def run(
                 files.save(final, out_dir / files.OUTPUT_NAME)
         total.value = merged
         summary = report("complete" if not total.failures else "incomplete", total)
+        if summary["metrics"]["chunks_without_output"]:
+            log.warning("%d chunks returned None from process(): nothing of them is in the "
+                        "output (coffea drops them too)",
+                        summary["metrics"]["chunks_without_output"])
         summary["reduction"] = {"mode": reduction.mode,
                                 "merge_tasks": total.metrics.get("merges", 0),
                                 "final_merge": merge_stats.as_dict()}
@@ -405,6 +409,7 @@ def _report(
             "build_time_s": round(metrics.get("buildtime", 0.0), 3),
             "process_time_s": round(metrics.get("processtime", 0.0), 3),
             "columns": sorted(metrics.get("columns", ())),
+            "chunks_without_output": metrics.get("no_output", 0),
         },
         "versions": _versions(),
     }

@@ -334,3 +334,24 @@ def test_outputs_that_cannot_be_added_name_the_chunk_and_dataset(fileset, tmp_pa
     assert ".root:Events[" in str(info.value)
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "failed" and report["error"] == str(info.value)
+
+
+class SometimesNothing(DimuonProcessor):
+    """Returns None for the data: coffea drops such chunks; the report counts them."""
+
+    def process(self, events):
+        if events.metadata["dataset"] == "SingleMuon":
+            return None
+        return super().process(events)
+
+
+def test_chunks_without_output_are_counted_and_warned(fileset, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="coffea_hpc"):
+        outcome = run(SometimesNothing(), fileset, backend="iterative", chunksize=1_000,
+                      output_dir=tmp_path)
+    assert outcome.report["metrics"]["chunks_without_output"] == 3
+    assert outcome.report["status"] == "complete"
+    assert "SingleMuon" not in outcome.output["cutflow"]
+    assert "3 chunks returned None" in caplog.text

@@ -200,15 +200,17 @@ def _process_one(proc: Any, chunk: Chunk, schemaclass: type, metrics: bool) -> R
     built = time.perf_counter()
     out = run_processor(proc, events)
     done = time.perf_counter()
-    stats: dict[str, Any] = {}
+    # coffea drops a None output too, silently; here the chunk is counted as one without
+    # output, so the report says how many gave nothing (always, metrics or not)
+    stats: dict[str, Any] = {"no_output": 1} if out is None else {}
     if metrics:
-        stats = {
+        stats.update({
             "entries": chunk.entries,
             "chunks": 1,
             "buildtime": built - start,
             "processtime": done - built,
             "columns": {getattr(c, "branch", c) for c in columns},
-        }
+        })
     return Result(
         value=out,
         processed=EntryRanges.of((chunk.dataset, chunk.filename, chunk.treename),

@@ -68,3 +68,17 @@ def test_workers_unpickle_work_without_the_fileset_model():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_processor_that_cannot_be_loaded_is_a_failure_not_a_crash(fileset):
+    """On a worker without the analyst's code, unpickling fails: that is reported as the
+    first chunk's failure (the rest unattempted), not raised through the backend, whose own
+    traceback would bury it."""
+    path = fileset.datasets["DYJetsToLL"].files[0].path
+    chunks = [Chunk("DYJetsToLL", path, "Events", a, a + 1000) for a in (0, 1000)]
+    broken = ProcessorHandle(payload=b"not a pickle", digest="0123456789abcdef")
+    result = process_chunks(broken, chunks, "nanoaod")
+    [failure] = result.failures
+    assert failure.key == chunks[0].key and result.unattempted == (chunks[1].key,)
+    assert "UnpicklingError" in failure.error.summary()
+    assert not result.processed

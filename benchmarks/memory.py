@@ -1,8 +1,9 @@
 """Worker memory against files processed: flat after warm-up, whatever the backend.
 
-    python benchmarks/memory.py                     # the recorded run (see RESULTS-memory.md)
+    python benchmarks/memory.py --files 1000        # the recorded run (RESULTS-memory.md)
     python benchmarks/memory.py --files 200         # a quick look
-    python benchmarks/memory.py --profile nanoaod --files 120 --backends futures
+    python benchmarks/memory.py --profile nanoaod --distinct 2 --files 160 \
+        --backends futures,futures-nocollect      # NanoAOD-sized trees
 
 Data: synthetic NanoAOD (`coffea_hpc.data.synthetic`), a few distinct files of ``--events``
 events, each reached through many hard links, so that a worker sees ``--files`` paths it has
@@ -12,9 +13,10 @@ One chunk per file, one chunk per task: the case where per-file state matters mo
 The analysis is the example dimuon processor, which also reports its own process's RSS after
 every chunk, numbered per process; the table gives each worker's RSS after its 1st, 50th, ...
 file and the ratio of its highest RSS after the 50th file to its RSS at the 50th. Target:
-at most 1.5. ``futures-nocollect`` is the futures backend with the worker's periodic full
-collection switched off in the workers, the way it was before, for comparison. Every
-contender runs in a fresh process; the cut flows must agree.
+at most 1.5. It also gives the time each worker spent in full collections, measured inside
+it. ``futures-nocollect`` is the futures backend with the workers' periodic full collection
+switched off, for comparison. Every contender runs in a fresh process; the cut flows must
+agree.
 """
 
 from __future__ import annotations

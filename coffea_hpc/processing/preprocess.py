@@ -26,6 +26,10 @@ __all__ = ["DEFAULT_CHUNKSIZE", "FileInfo", "InspectFile", "Preprocessed", "prep
 
 DEFAULT_CHUNKSIZE = 100_000
 
+_FILE_ERROR = f"{FilesetError.__module__}.{FilesetError.__qualname__}"
+"""Added to the error of a file that cannot be read, so every file is tried before the run
+stops; anything else (a worker or service lost) stops it as the policy says."""
+
 FileKey = tuple[str, str]
 """(dataset, path)"""
 
@@ -67,9 +71,10 @@ class InspectFile:
                                 tuple(int(x) for x in tree.common_entry_offsets()))
             else:
                 info = FileInfo(*builder().header(self.path, self.treename))
-        except Exception as exc:
-            return Result(failures=(Failure(key, RemoteError.from_exception(exc), 1,
-                                            self.labels[0]),))
+        except Exception as exc:  # the file's own fault, told apart from a lost worker
+            error = RemoteError.from_exception(exc)
+            error = dataclasses.replace(error, type_names=(*error.type_names, _FILE_ERROR))
+            return Result(failures=(Failure(key, error, 1, self.labels[0]),))
         return Result(value={key: info})
 
 
@@ -128,13 +133,14 @@ def preprocess(
     skipped: list[Failure] = []
     if len(todo):
         policy = policy or ErrorPolicy()
-        find_all = dataclasses.replace(policy, continue_on=(Exception,))
+        find_all = dataclasses.replace(policy, continue_on=(*policy.continue_on, FilesetError))
         task = backend.compute(todo, find_all)
         result = watch(task, "preprocessing", reporter, unit="files",
                        workers=getattr(backend, "connected_workers", None))
         infos = result.value or {}
         skipped = list(result.failures)
-        unreadable = [f for f in skipped if not f.error.matches(policy.continue_on)]
+        unreadable = [f for f in skipped if f.error.matches((FilesetError,))
+                      and not f.error.matches(policy.continue_on)]
         if unreadable:
             raise FilesetError(
                 f"{len(unreadable)} of {len(todo)} files cannot be read (--skip-bad-files "

@@ -507,3 +507,31 @@ def test_a_full_disk_is_one_line_and_rerun_with_resume_completes(fileset_path, t
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "complete" and report["events"] == 12_000
     assert not (out / "checkpoint.coffea").exists()
+
+
+def test_a_disk_that_fills_under_parsl_gives_one_line_not_a_flood_of_log_errors(
+        fileset_path, tmp_path, small_disk):
+    """Parsl's own log (OUT/parsl/.../parsl.log) is the first file to hit the full disk: it
+    stops being written with one warning, where each of Parsl's log records used to print a
+    20-line '--- Logging error ---' block; the run still ends on its one `error:` line, and
+    the rerun with --resume completes."""
+    slow = write_slow_processor(tmp_path / "slow.py", 0.1)
+    out = small_disk / "out"
+    filler = fill(small_disk, 20)  # room for the lock, the key, and part of Parsl's log
+    args = ["run", slow, "--fileset", str(fileset_path), "-o", str(out), "--executor",
+            "parsl", "--workers", "2", "--chunksize", "500"]
+    proc = cli(*args)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text[-3000:]
+    assert "Logging error" not in text and "Traceback" not in text, text[-3000:]
+    assert len(text.splitlines()) < 15, text[-3000:]
+    assert "Parsl's log" in text and "cannot be written" in text, text[-3000:]
+    line = one_error_line(proc)
+    assert line.startswith("error: no space left on ") and line.endswith(
+        ": free space and rerun with --resume"), line
+
+    filler.unlink()
+    resumed = cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "complete" and report["events"] == 12_000

@@ -185,6 +185,7 @@ class ParslBackend(PoolBackend):
             self._dfk = DataFlowKernel(config)
         except Exception as err:
             raise BackendError(f"starting Parsl failed: {type(err).__name__}: {err}") from err
+        _mute_logs_that_cannot_be_written(Path(self._dfk.run_dir))
         interchanges = [executor.interchange_proc.pid for executor in self._dfk.executors.values()
                         if getattr(executor, "interchange_proc", None) is not None]
         self._watchdog = Watchdog(interchanges) if interchanges else None
@@ -206,6 +207,33 @@ class ParslBackend(PoolBackend):
         finally:
             self._dfk = None
             self._app = self._merge_app = None
+
+
+def _mute_logs_that_cannot_be_written(run_dir: Path) -> None:
+    """Parsl's own log files (in the run directory, usually beside the output) stop at the
+    first write that fails, with one warning, instead of printing a traceback for every
+    record: on a full disk the run has to stop with one line saying so, not a flood."""
+    run_dir = run_dir.resolve()
+    for name in ("parsl", ""):
+        for handler in logging.getLogger(name).handlers:
+            path = getattr(handler, "baseFilename", None)
+            if path is not None and Path(path).resolve().is_relative_to(run_dir):
+                handler.handleError = _MuteOnFirstError(handler)  # type: ignore[method-assign]
+
+
+class _MuteOnFirstError:
+    def __init__(self, handler: logging.Handler) -> None:
+        self._handler = handler
+
+    def __call__(self, record: logging.LogRecord) -> None:
+        handler = self._handler
+        if handler.level > logging.CRITICAL:
+            return
+        handler.setLevel(logging.CRITICAL + 1)  # off: no record reaches emit() again
+        err = sys.exc_info()[1]
+        log.warning("Parsl's log %s cannot be written (%s); Parsl's logging is off for "
+                    "the rest of the run", getattr(handler, "baseFilename", "?"),
+                    getattr(err, "strerror", None) or err)
 
 
 CLEANUP_TIMEOUT_S = 30.0

@@ -17,6 +17,7 @@ __all__ = [
     "MissingDependencyError",
     "OverlapError",
     "ProcessorLoadError",
+    "ReadError",
     "RemoteEnvironmentError",
     "SiteError",
     "UserError",
@@ -54,6 +55,16 @@ class RemoteEnvironmentError(UserError):
 
 class BackendError(CoffeaHPCError):
     """A backend that failed to start, or lost its workers beyond recovery."""
+
+
+class ReadError(CoffeaHPCError, OSError):
+    """Data that could not be read while processing: a damaged basket, a truncated file.
+
+    uproot reports a damaged basket as a ValueError or a decompression error, which would
+    look like a bug in the processor; the worker re-raises what fails inside uproot as this
+    (an OSError, the family ``--skip-bad-files`` skips, as coffea's ``skipbadfiles`` does),
+    so the run can tell a bad file from a bad analysis and give up on the file as a whole.
+    """
 
 
 class MergeError(CoffeaHPCError):

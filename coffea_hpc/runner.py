@@ -15,7 +15,7 @@ import logging
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -401,8 +401,9 @@ def _report(
         "datasets": datasets,
         "failed_chunks": [_failure_row(f) for f in result.failures],
         "skipped_files": [
-            {"file": f.label or str(f.key), "error": f.error.summary()} for f in prep.skipped
-        ],
+            {"file": f.label or str(f.key), "error": f.error.summary(), "stage": "preprocessing"}
+            for f in prep.skipped
+        ] + _unreadable_files(result.failures, work),
         "processed_ranges": result.processed.to_json(),
         "metrics": {
             "chunks": metrics.get("chunks", 0),
@@ -413,6 +414,23 @@ def _report(
         },
         "versions": _versions(),
     }
+
+
+def _unreadable_files(failures: Sequence[Failure], work: Workload) -> list[dict[str, Any]]:
+    """Files that failed to read while processing, one row each: which chunks of them are
+    missing is in ``failed_chunks``; this is the list an analyst acts on."""
+    failed: dict[tuple[str, str], list[Failure]] = {}
+    for failure in failures:
+        key = failure.key
+        if isinstance(key, tuple) and len(key) == 5 and failure.error.matches((OSError,)):
+            failed.setdefault((key[0], key[1]), []).append(failure)
+    if not failed:
+        return []
+    chunks = collections.Counter((c.dataset, c.filename) for c in work.chunks)
+    return [{"file": filename, "dataset": dataset, "error": rows[0].error.summary(),
+             "stage": "processing", "chunks_failed": len(rows),
+             "chunks": chunks[(dataset, filename)]}
+            for (dataset, filename), rows in failed.items()]
 
 
 def _failure_row(failure: Failure) -> dict[str, Any]:

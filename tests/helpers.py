@@ -132,3 +132,21 @@ def processes_mentioning(*words: str) -> list[Any]:
         if all(word in line for word in words):
             found.append(proc)
     return found
+
+
+def damage_basket(path: Any, branch: str = "Muon_pt", basket: int = 1) -> tuple[int, int]:
+    """Zero one basket of ``branch`` in place (as storage that lost a block returns it),
+    leaving the file's directory and the tree's metadata intact: the file opens and
+    preprocesses, and fails only when a chunk reads that basket. Returns the basket's entry
+    range."""
+    import uproot
+
+    with uproot.open(path) as file:
+        found = file["Events"][branch]
+        seek = int(found.member("fBasketSeek")[basket])
+        size = int(found.member("fBasketBytes")[basket])
+        entries = found.basket_entry_start_stop(basket)
+    with open(path, "r+b") as raw:
+        raw.seek(seek)
+        raw.write(bytes(size))
+    return int(entries[0]), int(entries[1])

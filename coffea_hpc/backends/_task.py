@@ -105,6 +105,13 @@ class FutureTask:
         self._backlog: deque[WorkElement] = deque()
         self._probing: set[Hashable] = set()
         """Keys whose failure would stop the task, being retried: nothing new starts meanwhile."""
+        self._file_of: Callable[[Hashable], Hashable] | None = getattr(work, "file_of", None)
+        self._file_probes: dict[Hashable, Hashable] = {}
+        """File -> the one chunk of it being retried after a read error."""
+        self._held: dict[Hashable, list[WorkElement]] = {}
+        """File -> its elements that wait for that retry's verdict."""
+        self._bad_files: dict[Hashable, RemoteError] = {}
+        """Files given up as a whole: their chunks are not tried again."""
         for element in work:
             self._total_weight += element.weight
             self._backlog.append(element)
@@ -193,7 +200,16 @@ class FutureTask:
             if self._window is not None and \
                     len(self._inflight) - len(self._merging) >= self._window:
                 return
-            self._launch(self._backlog.popleft())
+            element = self._backlog.popleft()
+            if self._file_of is not None and element.keys:
+                file = self._file_of(element.keys[0])
+                if file in self._bad_files:
+                    self._give_up(element.keys, self._bad_files[file], element)
+                    continue
+                if file in self._file_probes:
+                    self._held.setdefault(file, []).append(element)
+                    continue
+            self._launch(element)
 
     def _launch(self, element: WorkElement, *, merge: bool = False) -> None:
         token = self._next_token
@@ -255,15 +271,26 @@ class FutureTask:
         retry: list[Hashable] = []
         labels = dict(zip(element.keys, getattr(element, "labels", ()), strict=False))
         for key, error in errors.items():
+            label = labels.get(key, str(key))
+            file = self._file_of(key) if self._file_of is not None and \
+                error.matches((OSError,)) else None
+            if file in self._bad_files:  # was under way when its file was given up
+                self._give_up([key], self._bad_files[file], element)
+                continue
+            if file is not None and self._file_probes.get(file, key) != key:
+                # another chunk of this file is being retried: its verdict is this one's
+                self._held.setdefault(file, []).extend(self._work.subset([key]))
+                continue
             attempts = self._attempts.get(key, 0) + 1
             self._attempts[key] = attempts
-            label = labels.get(key, str(key))
             if error.matches(self._policy.cancel_on):
                 self._halt(key, error, attempts, label)
                 return
             if attempts <= self._policy.max_retries:
                 log.info("retrying %s after %s (attempt %d)", label, error.summary(), attempts)
                 retry.append(key)
+                if file is not None:
+                    self._file_probes[file] = key
                 if not error.matches(self._policy.continue_on):
                     self._probing.add(key)
             elif error.matches(self._policy.continue_on):
@@ -271,13 +298,48 @@ class FutureTask:
                 failure = Failure(key, error, attempts, label)
                 self._failed[key] = failure
                 self._acc.failures = (*self._acc.failures, failure)
+                if file is not None:
+                    self._give_up_file(file, error)
             else:
                 self._halt(key, error, attempts, label)
                 return
+        self._end_probes(element.keys, retry)
         if retry:
             self._retries += len(retry)
             for element_again in self._work.subset(retry):
                 self._launch(element_again)
+
+    def _end_probes(self, keys: tuple[Hashable, ...], retried: list[Hashable]) -> None:
+        """A file's retried chunk that came back with anything but another retry ends the
+        wait of its file's other chunks: they go back to the front of the queue."""
+        if not self._file_probes or self._file_of is None:
+            return
+        for key in keys:
+            file = self._file_of(key)
+            if self._file_probes.get(file) == key and key not in retried:
+                del self._file_probes[file]
+                self._backlog.extendleft(reversed(self._held.pop(file, [])))
+
+    def _give_up_file(self, file: Hashable, error: RemoteError) -> None:
+        """A file whose chunk failed to read on every attempt is not read again: its other
+        chunks, waiting or queued, fail with the same error without being tried (one line
+        per file in the summary, not one retry per chunk). Chunks of it that had been read
+        are kept: the report lists exactly the entry ranges that are missing."""
+        self._bad_files[file] = error
+        self._file_probes.pop(file, None)
+        for element in self._held.pop(file, []):
+            self._give_up(element.keys, error, element)
+        # its chunks still queued are given up as they come out of the queue (`_fill`)
+
+    def _give_up(self, keys: tuple[Hashable, ...] | list[Hashable], error: RemoteError,
+                 element: WorkElement) -> None:
+        labels = dict(zip(element.keys, getattr(element, "labels", ()), strict=False))
+        for key in keys:
+            if key in self._failed or key in self._done:
+                continue
+            failure = Failure(key, error, self._attempts.get(key, 0), labels.get(key, str(key)))
+            self._failed[key] = failure
+            self._acc.failures = (*self._acc.failures, failure)
 
     def _unmergeable(self, element: WorkElement, err: MergeError) -> None:
         """A result that cannot be added to the others (outputs of different types or

@@ -202,13 +202,18 @@ def run(
         reporter=RichReporter(console),
     )
     console.print(summary_table(outcome.report))
-    for error, chunks in _by_error(outcome.report["failed_chunks"]).items():
+    unreadable = {f["file"] for f in outcome.report["skipped_files"]
+                  if f.get("stage") == "processing"}  # one line per file, below
+    chunk_failures = [f for f in outcome.report["failed_chunks"] if f.get("file") not in unreadable]
+    for error, chunks in _by_error(chunk_failures).items():
         more = f" and {len(chunks) - 1} more chunks" if len(chunks) > 1 else ""
         console.print(f"[red]failed[/red] {chunks[0]}{more}: {error}", highlight=False,
                       soft_wrap=True)
     for skipped in outcome.report["skipped_files"]:
-        console.print(f"[yellow]skipped[/yellow] {skipped['file']}: {skipped['error']}",
-                      highlight=False, soft_wrap=True)
+        missing = (f" ({skipped['chunks_failed']} of {skipped['chunks']} chunks not read)"
+                   if "chunks_failed" in skipped else "")
+        console.print(f"[yellow]skipped[/yellow] {skipped['file']}{missing}: "
+                      f"{_first_line(skipped['error'])}", highlight=False, soft_wrap=True)
     if outcome.remote is not None:
         console.print(f"output: too large to bring back; it is on the remote side at "
                       f"{outcome.remote.location}")
@@ -303,6 +308,10 @@ def _show_demo_result(result: dict[str, Any]) -> None:
     out.print(table)
 
 
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
 def _by_error(failures: list[dict[str, Any]]) -> dict[str, list[str]]:
     """Failed chunks grouped by their error: one line per distinct error, not per chunk."""
     grouped: dict[str, list[str]] = {}
@@ -355,6 +364,11 @@ def _main(argv: list[str] | None) -> int:
         return 2
     except ChunkFailedError as err:
         console.print(f"[bold red]failed:[/bold red] {err}", highlight=False, soft_wrap=True)
+        failure = getattr(err, "failure", None)
+        if failure is not None and failure.error.matches((OSError,)):
+            console.print("the data could not be read: --skip-bad-files goes on without the "
+                          "files that fail to read, and lists them", highlight=False,
+                          soft_wrap=True)
         _after_failure(err, "the failing chunk, its error and traceback")
         return 1
     except KeyboardInterrupt:

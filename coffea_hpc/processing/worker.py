@@ -20,11 +20,12 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import uproot
 from coffea.nanoevents import schemas
 
 from coffea_hpc.data.chunks import Chunk
 from coffea_hpc.data.ranges import EntryRanges
-from coffea_hpc.errors import UserError
+from coffea_hpc.errors import ReadError, UserError
 from coffea_hpc.processing.events import EventsBuilder
 from coffea_hpc.processing.processor import ProcessorHandle, run_processor
 from coffea_hpc.processing.result import Failure, RemoteError, Result
@@ -46,6 +47,29 @@ _BUILDER: EventsBuilder | None = None
 
 _OWN_CODE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 """coffea-hpc's folder: its frames are left out of the tracebacks shown to analysts."""
+
+_UPROOT = os.path.dirname(os.path.abspath(uproot.__file__)) + os.sep
+_MISTAKES = (TypeError, AttributeError, NameError, ImportError, AssertionError, KeyError)
+"""Raised in uproot, these mean the code asked for something wrong, not that data is bad."""
+
+
+def _as_read_error(exc: Exception, chunk: Chunk) -> Exception:
+    """``exc`` as a `ReadError` if it is the data that failed, not the processor.
+
+    An OSError is one already. Otherwise the innermost frame says where it failed: inside
+    uproot (deserialising, decompressing, interpreting a basket) it is the file; anywhere
+    else — the processor, awkward, coffea — it is the analysis.
+    """
+    if isinstance(exc, (OSError, *_MISTAKES)):
+        return exc
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    if frame is None or not frame.tb_frame.f_code.co_filename.startswith(_UPROOT):
+        return exc
+    error = ReadError(f"cannot read {chunk.filename}: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error.with_traceback(exc.__traceback__)
 
 
 def resolve_schema(name: str) -> type[schemas.BaseSchema]:
@@ -172,7 +196,8 @@ def process_chunks(
             try:
                 acc.absorb(_process_one(proc, chunk, schemaclass, metrics))
             except Exception as exc:
-                error = RemoteError.from_exception(exc, skip_frames_in=_OWN_CODE)
+                error = RemoteError.from_exception(_as_read_error(exc, chunk),
+                                                   skip_frames_in=_OWN_CODE)
                 failures.append(Failure(chunk.key, error, label=chunk.describe()))
                 unattempted = tuple(c.key for c in chunks[i + 1:])
                 break

@@ -52,6 +52,78 @@ def test_skip_bad_files_reports_them(capsys, fileset, tmp_path):
     assert load(tmp_path / "o" / "output.coffea")["events"] == 3_000
 
 
+@pytest.fixture
+def damaged_fileset(fileset, tmp_path):
+    """A good dataset, and one of two files each with a basket zeroed in the middle: they
+    open and preprocess, and fail only when a chunk reads that basket."""
+    import shutil
+
+    from tests.helpers import damage_basket
+
+    source = fileset.datasets["DYJetsToLL"].files
+    bad = []
+    for i in range(2):
+        path = tmp_path / f"damaged_{i}.root"
+        shutil.copy(source[1].path, path)
+        damage_basket(path, basket=1 + i)
+        bad.append(str(path))
+    spec = {"good": [source[0].path], "bad": bad}
+    path = tmp_path / "damaged.json"
+    path.write_text(json.dumps(spec))
+    return path, bad
+
+
+@pytest.mark.parametrize("executor", ["futures", "parsl"])
+def test_a_file_that_fails_to_read_is_given_up_once_as_a_whole(capsys, damaged_fileset,
+                                                                tmp_path, executor):
+    """With --skip-bad-files, the first chunk of a damaged file that fails is retried; when
+    it fails again the file is given up: its other chunks are not tried (no retry per
+    chunk), and each file is one line of the summary and one row of report.json. What was
+    read of it is kept, and the good dataset's output is untouched."""
+    spec, bad = damaged_fileset
+    code, text = _run(capsys, "run", "coffea_hpc.examples.dimuon:DimuonProcessor", "-f",
+                      str(spec), "-o", str(tmp_path / "o"), "-e", executor, "--workers", "2",
+                      "--chunksize", "500", "--retries", "1", "--skip-bad-files")
+    assert code == 0, text
+    lines = text.splitlines()
+    assert "Traceback" not in text and not any(x.startswith("failed") for x in lines), text
+    skipped = [line for line in text.splitlines() if line.startswith("skipped ")]
+    assert sorted(line.split()[1] for line in skipped) == sorted(bad), text
+    assert all("ReadError: cannot read" in line for line in skipped), text
+
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    rows = {row["file"]: row for row in report["skipped_files"]}
+    assert set(rows) == set(bad) and {r["stage"] for r in rows.values()} == {"processing"}
+    for path in bad:
+        attempts = sorted(f["attempts"] for f in report["failed_chunks"] if f["file"] == path)
+        assert attempts[-1] == 2 and set(attempts[:-1]) <= {0}, (path, attempts)
+        assert rows[path]["chunks_failed"] == len(attempts) and rows[path]["chunks"] == 6
+
+    output = load(tmp_path / "o" / "output.coffea")
+    bad_ds = next(d for d in report["datasets"] if d["name"] == "bad")
+    assert output["cutflow"]["bad"]["all"] == bad_ds["processed"] < bad_ds["entries"]
+    code, text = _run(capsys, "run", "coffea_hpc.examples.dimuon:DimuonProcessor", "-f",
+                      str(spec), "-o", str(tmp_path / "clean"), "-e", "iterative",
+                      "--chunksize", "500", "--skip-bad-files")
+    clean = load(tmp_path / "clean" / "output.coffea")
+    assert_same(output["cutflow"]["good"], clean["cutflow"]["good"])
+    assert_same(output["mass"][{"dataset": "good"}], clean["mass"][{"dataset": "good"}])
+
+
+def test_a_file_that_fails_to_read_stops_the_run_and_says_how_to_go_on(capsys,
+                                                                     damaged_fileset,
+                                                                     tmp_path):
+    spec, bad = damaged_fileset
+    code, text = _run(capsys, "run", "coffea_hpc.examples.dimuon:DimuonProcessor", "-f",
+                      str(spec), "-o", str(tmp_path / "o"), "-e", "iterative",
+                      "--chunksize", "500")
+    assert code == 1
+    assert "Traceback" not in text
+    failed = [line for line in text.splitlines() if line.startswith("failed:")]
+    assert len(failed) == 1 and "ReadError" in failed[0] and bad[0] in failed[0], text
+    assert "--skip-bad-files" in text and "--resume" in text
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

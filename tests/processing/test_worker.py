@@ -82,3 +82,35 @@ def test_a_processor_that_cannot_be_loaded_is_a_failure_not_a_crash(fileset):
     assert failure.key == chunks[0].key and result.unattempted == (chunks[1].key,)
     assert "UnpicklingError" in failure.error.summary()
     assert not result.processed
+
+
+def test_a_damaged_basket_is_a_read_error_and_a_processor_bug_is_not(fileset, tmp_path):
+    """uproot reports a damaged basket as a ValueError (or a decompression error): the
+    worker turns what fails inside uproot into a ReadError, an OSError, so --skip-bad-files
+    skips it; the same exception type raised by the processor stays what it is."""
+    import shutil
+
+    from tests.helpers import damage_basket
+
+    damaged = tmp_path / "damaged.root"
+    shutil.copy(fileset.datasets["DYJetsToLL"].files[0].path, damaged)
+    start, stop = damage_basket(damaged)
+    chunk = Chunk("DY", str(damaged), "Events", start, stop)
+    result = process_chunks(ProcessorHandle.wrap(_muon_pt_sum), [chunk], "nanoaod")
+    (failure,) = result.failures
+    assert failure.error.matches((OSError,)), failure.error.summary()
+    assert failure.error.type_name == "ReadError"
+    assert str(damaged) in failure.error.message
+
+    good = Chunk("DY", fileset.datasets["DYJetsToLL"].files[0].path, "Events", start, stop)
+    result = process_chunks(ProcessorHandle.wrap(_raises_value_error), [good], "nanoaod")
+    (failure,) = result.failures
+    assert failure.error.type_name == "ValueError" and not failure.error.matches((OSError,))
+
+
+def _muon_pt_sum(events):
+    return {"pt": float(ak.sum(events.Muon.pt))}
+
+
+def _raises_value_error(events):
+    raise ValueError("a cut that makes no sense")

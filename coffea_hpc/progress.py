@@ -37,6 +37,7 @@ def watch(
     poll: float = 0.2,
     on_tick: Callable[[Task], None] | None = None,
     workers: Callable[[], int | None] | None = None,
+    blocks: Callable[[], tuple[int, int] | None] | None = None,
 ) -> Result:
     """Wait for ``task``, updating ``reporter``; return its result (or raise its error).
 
@@ -44,12 +45,13 @@ def watch(
     ``on_tick`` is called between polls (checkpointing hooks in there). ``workers`` counts
     the backend's connected workers (``Backend.connected_workers``): progress then shows a
     run that waits for a batch queue as waiting, not as stuck, and the log says when
-    workers come and go.
+    workers come and go. ``blocks`` gives the backend's batch jobs (pending, running),
+    shown beside the workers while a run scales out.
     """
     first = task.progress()
     if reporter is not None:
         reporter.start(label, first.total, unit)
-    with _WorkerCount(workers) as count:
+    with _WorkerCount(workers, blocks) as count:
         logged: int | None = None
         try:
             while not task.wait(timeout=poll):
@@ -57,7 +59,8 @@ def watch(
                     logged = count.value
                     log.info("%s: %d workers connected", label, logged)
                 if reporter is not None:
-                    reporter.update(replace(task.progress(), workers=count.value))
+                    reporter.update(replace(task.progress(), workers=count.value,
+                                            blocks=count.blocks))
                 if on_tick is not None:
                     on_tick(task)
         except BaseException:
@@ -75,9 +78,13 @@ class _WorkerCount:
     """Counts workers every ``interval`` seconds in a daemon thread, because counting can
     block (Parsl asks its interchange) and the loop collecting results must not."""
 
-    def __init__(self, count: Callable[[], int | None] | None, interval: float = 2.0) -> None:
+    def __init__(self, count: Callable[[], int | None] | None,
+                 blocks: Callable[[], tuple[int, int] | None] | None = None,
+                 interval: float = 2.0) -> None:
         self.value: int | None = None
+        self.blocks: tuple[int, int] | None = None
         self._count = count
+        self._blocks = blocks
         self._interval = interval
         self._stop = threading.Event()
         self._counted = threading.Event()
@@ -102,6 +109,8 @@ class _WorkerCount:
         while not self._stop.is_set():
             try:
                 self.value = self._count()
+                if self._blocks is not None:
+                    self.blocks = self._blocks()
             except Exception as err:  # the backend is shutting down, its service is gone
                 log.debug("cannot count workers: %s", err)
                 return

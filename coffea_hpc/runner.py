@@ -135,7 +135,8 @@ def run(
                 checkpoint.discard = backend.discard  # type: ignore[union-attr]
 
             with stages("preprocessing"):
-                prep = preprocess(fs, backend, chunksize=chunksize, align_clusters=align_clusters,
+                prep = preprocess(fs, _preprocessing_backend(backend, fs, stack),
+                                  chunksize=chunksize, align_clusters=align_clusters,
                                   policy=policy, reporter=reporter)
             if out_dir is not None:
                 prep.fileset.save(out_dir / files.PREPARED_NAME)
@@ -161,8 +162,7 @@ def run(
             task = backend.compute(work, policy, reducer=reduction.reducer(spill))
             try:
                 with stages("processing"):
-                    result = _watch(task, reporter, checkpoint.tick,
-                                    getattr(backend, "connected_workers", None))
+                    result = _watch(task, reporter, checkpoint.tick, backend)
             except ChunkFailedError as err:
                 if isinstance(err.partial, Result):
                     checkpoint.write(err.partial)
@@ -232,6 +232,23 @@ def run(
             saved.close()
         if lock is not None:
             lock.release()
+
+
+SMALL_FILESET = 16
+"""Files the driver opens itself for preprocessing, when its workers are on this machine."""
+
+
+def _preprocessing_backend(backend: Backend, fs: Fileset,
+                           stack: contextlib.ExitStack) -> Backend:
+    """Where to open the files for their entry counts. A few local files take the driver
+    milliseconds each, while a pool of workers takes seconds to start and import coffea:
+    preprocessed here, they are opened while the workers start (small runs are what
+    analysts iterate on all day)."""
+    if not getattr(backend, "on_this_machine", False) or len(fs.files) > SMALL_FILESET:
+        return backend
+    from coffea_hpc.backends.iterative import IterativeBackend
+
+    return stack.enter_context(IterativeBackend())
 
 
 class _Stages:
@@ -306,10 +323,12 @@ def auto_chunks_per_task(chunks: list[Chunk], workers: int) -> int:
 
 
 def _watch(task: Task, reporter: Reporter | None, tick: Callable[[Task], None],
-           workers: Callable[[], int | None] | None) -> Result:
+           backend: Backend) -> Result:
     from coffea_hpc.progress import watch
 
-    return watch(task, "processing", reporter, unit="chunks", on_tick=tick, workers=workers)
+    return watch(task, "processing", reporter, unit="chunks", on_tick=tick,
+                 workers=getattr(backend, "connected_workers", None),
+                 blocks=getattr(backend, "blocks", None))
 
 
 def _partial(err: ChunkFailedError) -> Result:
@@ -411,6 +430,7 @@ def _report(
             "process_time_s": round(metrics.get("processtime", 0.0), 3),
             "columns": sorted(metrics.get("columns", ())),
             "chunks_without_output": metrics.get("no_output", 0),
+            "chunks_lost_to_ended_blocks": metrics.get("lost_to_ended_blocks", 0),
         },
         "versions": _versions(),
     }

@@ -92,18 +92,21 @@ def _assert_same_view(va: np.ndarray, vb: np.ndarray, path: str) -> None:
 
 
 class RecordingReporter:
-    """A progress reporter that keeps the worker counts it was shown, per stage."""
+    """A progress reporter that keeps the worker and block counts it was shown, per stage."""
 
     def __init__(self) -> None:
         self.workers: dict[str, list[int | None]] = {}
+        self.blocks: dict[str, list[tuple[int, int] | None]] = {}
         self._label = ""
 
     def start(self, label: str, total: int, unit: str) -> None:
         self._label = label
         self.workers[label] = []
+        self.blocks[label] = []
 
     def update(self, progress: Any) -> None:
         self.workers[self._label].append(progress.workers)
+        self.blocks[self._label].append(progress.blocks)
 
     finish = update
 

@@ -58,7 +58,21 @@ class PoolBackend(abc.ABC):
         if not self._started:
             raise BackendError(f"the {self.name} backend is not started: use it in a 'with' block")
         return FutureTask(work, self.submit, policy, reducer=reducer,
-                          submit_merge=self.submit_merge, window=self.window)
+                          submit_merge=self.submit_merge, window=self.window,
+                          lost_on=self.lost_on)
+
+    @property
+    def on_this_machine(self) -> bool:
+        """Whether the workers run on this machine (and read what the driver can read): a
+        small fileset is then preprocessed by the driver itself while they start."""
+        return False
+
+    @property
+    def lost_on(self) -> tuple[type[BaseException], ...]:
+        """Exceptions meaning an element's workers ended with their block (walltime,
+        preemption): its chunks run again without spending retries. Pools of this
+        machine's processes have no blocks."""
+        return ()
 
     @property
     def window(self) -> int | None:

@@ -33,7 +33,7 @@ from coffea_hpc.backends.protocol import (
 from coffea_hpc.errors import ChunkFailedError, MergeError, OverlapError
 from coffea_hpc.processing.result import Failure, RemoteError, Result, merge_values
 
-__all__ = ["FutureLike", "FutureTask", "Reducer"]
+__all__ = ["FREE_RESUBMISSIONS", "FutureLike", "FutureTask", "Reducer"]
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,12 @@ class FutureTask:
         reducer: Reducer | None = None,
         submit_merge: Submit | None = None,
         window: int | None = None,
+        lost_on: tuple[type[BaseException], ...] = (),
     ) -> None:
         """``window``: how many elements may be in flight at once (None: no limit, for
-        services that queue and batch on their side)."""
+        services that queue and batch on their side). ``lost_on``: exceptions meaning the
+        element's workers went away with their block (walltime, preemption, ``scancel``):
+        its chunks run again without spending a retry, up to `FREE_RESUBMISSIONS` times."""
         if window is not None and window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self._work = work
@@ -85,6 +88,8 @@ class FutureTask:
         self._submit = submit
         self._submit_merge = submit_merge or submit
         self._policy = policy or ErrorPolicy()
+        self._lost_on = lost_on
+        self._losses: dict[Hashable, int] = {}
         self._reducer = reducer
         self._garbage: list[Any] = []
         self._acc = Result()
@@ -270,6 +275,7 @@ class FutureTask:
             self._backlog.extendleft(reversed(list(self._work.subset(unattempted))))
         retry: list[Hashable] = []
         labels = dict(zip(element.keys, getattr(element, "labels", ()), strict=False))
+        errors = self._resubmit_lost(errors)
         for key, error in errors.items():
             label = labels.get(key, str(key))
             file = self._file_of(key) if self._file_of is not None and \
@@ -308,6 +314,25 @@ class FutureTask:
             self._retries += len(retry)
             for element_again in self._work.subset(retry):
                 self._launch(element_again)
+
+    def _resubmit_lost(self, errors: dict[Hashable, RemoteError]) -> dict[Hashable, RemoteError]:
+        """Chunks whose block ended under them go back to the queue at no cost: the end of
+        a block (its walltime, a preemption, ``scancel``) is how batch systems work, not a
+        fault of the chunk. Past `FREE_RESUBMISSIONS` losses (a node that kills whatever
+        runs on it) they spend retries like any failure. Returns the errors left to judge."""
+        if not self._lost_on:
+            return errors
+        lost = [k for k, e in errors.items() if e.matches(self._lost_on)
+                and self._losses.get(k, 0) < FREE_RESUBMISSIONS]
+        if not lost:
+            return errors
+        for key in lost:
+            self._losses[key] = self._losses.get(key, 0) + 1
+        log.info("%d chunks lost with their block; they run again (no retry spent)", len(lost))
+        self._acc.metrics["lost_to_ended_blocks"] = \
+            self._acc.metrics.get("lost_to_ended_blocks", 0) + len(lost)
+        self._backlog.extendleft(reversed(list(self._work.subset(lost))))
+        return {k: e for k, e in errors.items() if k not in set(lost)}
 
     def _end_probes(self, keys: tuple[Hashable, ...], retried: list[Hashable]) -> None:
         """A file's retried chunk that came back with anything but another retry ends the
@@ -441,6 +466,10 @@ class FutureTask:
 
     def _remaining(self) -> Computable:
         return self._work.subset(k for k in self._all_keys if k not in self._done)
+
+
+FREE_RESUBMISSIONS = 3
+"""How often a chunk may be lost with its block before the loss counts as its failure."""
 
 
 class _FailedFuture:

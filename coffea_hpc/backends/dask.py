@@ -41,6 +41,10 @@ class DaskBackend(PoolBackend):
         client = self._client
         return None if client is None else len(client.nthreads())
 
+    @property
+    def on_this_machine(self) -> bool:
+        return self._address is None
+
     def _start(self) -> None:
         distributed = require("distributed", "dask backend", extra="dask")
         if self._address is not None:

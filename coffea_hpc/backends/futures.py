@@ -67,6 +67,10 @@ def _pool_servers() -> list[int]:
     return sorted(pids)
 
 
+def _ready() -> None:
+    """Nothing: submitted once per worker at start, so that the pool forks them at once."""
+
+
 def _start_worker() -> None:
     # imported here: the driver need not pay for coffea's imports to choose this backend
     from coffea_hpc.processing.worker import freeze_startup_objects
@@ -188,10 +192,16 @@ class FuturesBackend(PoolBackend):
             self._watchdog.release()
         self._watchdog = Watchdog(servers, descendants=True)
 
+    on_this_machine = True
+
     def _start(self) -> None:
         self._scratch = tempfile.mkdtemp(prefix="coffea-hpc-futures-")
         self._pool = self._new_pool()
         self._watch()
+        # a pool forks its workers on demand: asking for them now has them import coffea
+        # while the driver preprocesses, not when the first chunk is waiting
+        for _ in range(self._workers):
+            self._pool.submit(_ready)
 
     def _close(self) -> None:
         with self._lock:

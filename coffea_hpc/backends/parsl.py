@@ -155,6 +155,26 @@ class ParslBackend(PoolBackend):
     def submit(self, element: WorkElement) -> Any:
         return self._app(element)
 
+    @property
+    def on_this_machine(self) -> bool:
+        """Blocks of Parsl's LocalProvider only: a batch provider's workers are elsewhere."""
+        dfk = self._dfk
+        if dfk is None:
+            return False
+        providers = [getattr(e, "provider", None) for e in dfk.executors.values()
+                     if getattr(e, "label", "") != "_parsl_internal"]
+        return bool(providers) and all(type(p).__name__ == "LocalProvider" for p in providers)
+
+    @property
+    def lost_on(self) -> tuple[type[BaseException], ...]:
+        """An HTEx manager that stops answering went away with its block (walltime,
+        preemption, ``scancel``, a node lost): its tasks fail with ``ManagerLost``. A worker
+        process that dies while its block lives (out of memory, a crash) is ``WorkerLost``,
+        and spends a retry."""
+        from parsl.executors.high_throughput.errors import ManagerLost
+
+        return (ManagerLost,)
+
     def connected_workers(self) -> int | None:
         """Workers registered with the HighThroughputExecutors' interchanges (blocks still
         queued at the batch system have none); None with executors that do not say."""
@@ -166,6 +186,26 @@ class ParslBackend(PoolBackend):
                   for executor in dfk.executors.values()
                   if hasattr(executor, "connected_managers")]
         return sum(counts) if counts else None
+
+    def blocks(self) -> tuple[int, int] | None:
+        """Batch jobs of workers (pending, running), as Parsl's strategy last polled them
+        (no scheduler command runs here); None where blocks are this machine's processes."""
+        from parsl.jobs.states import JobState
+
+        dfk = self._dfk
+        if dfk is None:
+            return None
+        pending = running = 0
+        batch = False
+        for executor in dfk.executors.values():
+            provider = getattr(executor, "provider", None)
+            if provider is None or type(provider).__name__ == "LocalProvider":
+                continue
+            batch = True
+            for job in dict(getattr(executor, "status_facade", None) or {}).values():
+                pending += job.state == JobState.PENDING
+                running += job.state == JobState.RUNNING
+        return (pending, running) if batch else None
 
     def submit_merge(self, element: WorkElement) -> Any:
         return self._merge_app(element)

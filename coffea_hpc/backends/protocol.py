@@ -88,6 +88,8 @@ class TaskProgress:
     retries: int = 0
     workers: int | None = None
     """Workers connected to the backend now, where it can tell (see `watch`)."""
+    blocks: tuple[int, int] | None = None
+    """Batch jobs of workers (pending, running), where the backend has them."""
 
 
 @dataclass(frozen=True, kw_only=True)

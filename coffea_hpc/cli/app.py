@@ -145,7 +145,8 @@ def run(
     account: Annotated[str | None, typer.Option(help="Batch account / project.")] = None,
     nodes: Annotated[int | None, typer.Option(min=1, help="Nodes per block.")] = None,
     walltime: Annotated[str | None, typer.Option(help="Wall time per block, HH:MM:SS.")] = None,
-    scaleout: Annotated[int | None, typer.Option(min=1, help="Maximum blocks.")] = None,
+    scaleout: Annotated[int | None, typer.Option(
+        min=1, help="Blocks (batch jobs of --nodes nodes) to run at once.")] = None,
     endpoint: Annotated[str | None, typer.Option(
         help="Globus Compute endpoint id (globus sites).")] = None,
     dask_address: Annotated[str | None, typer.Option(

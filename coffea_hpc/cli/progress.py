@@ -43,9 +43,16 @@ class _WorkersColumn(ProgressColumn):
         workers = task.fields.get("workers")
         if workers is None or task.finished:
             return Text("")
+        blocks = task.fields.get("blocks")
+        jobs = ""
+        if blocks is not None and any(blocks):
+            pending, running = blocks
+            jobs = f" ({running} running, {pending} queued blocks)" if pending \
+                else f" ({running} block{'s' if running != 1 else ''})"
         if workers == 0:
-            return Text("waiting for workers", style="yellow")
-        return Text(f"{workers} worker{'s' if workers != 1 else ''}", style="progress.data.speed")
+            return Text(f"waiting for workers{jobs}", style="yellow")
+        return Text(f"{workers} worker{'s' if workers != 1 else ''}{jobs}",
+                    style="progress.data.speed")
 
 
 class _FailedColumn(ProgressColumn):
@@ -85,7 +92,7 @@ class RichReporter:
         )
         self._progress.start()
         self._task_id = self._progress.add_task(label, total=total, events=0, failed=0,
-                                                retries=0, workers=None,
+                                                retries=0, workers=None, blocks=None,
                                                 start_time=time.monotonic())
 
     def update(self, progress: TaskProgress) -> None:
@@ -99,6 +106,7 @@ class RichReporter:
             failed=progress.failed,
             retries=progress.retries,
             workers=progress.workers,
+            blocks=progress.blocks,
         )
 
     def finish(self, progress: TaskProgress) -> None:

@@ -15,9 +15,10 @@ from typing import Any
 
 from coffea_hpc.backends.parsl import python_launch_commands
 from coffea_hpc.errors import MissingDependencyError, SiteError
-from coffea_hpc.sites.schema import ExecutorSpec, ProviderSpec, SiteConfig
+from coffea_hpc.sites.schema import ExecutorSpec, ProviderSpec, SiteConfig, walltime_seconds
 
-__all__ = ["ADDRESS_PLACEHOLDER", "build_config", "build_executor", "build_provider"]
+__all__ = ["ADDRESS_PLACEHOLDER", "build_config", "build_executor", "build_provider",
+           "drain_period"]
 
 ADDRESS_PLACEHOLDER = "<address of {interface}>"
 
@@ -135,18 +136,8 @@ def _htex(spec: ExecutorSpec, provider: Any, resolve: bool) -> Any:
         loopback_address="127.0.0.1", cores_per_worker=spec.cores_per_worker,
         mem_per_worker=spec.mem_per_worker, max_workers_per_node=spec.max_workers_per_node,
         available_accelerators=spec.available_accelerators, cpu_affinity=spec.cpu_affinity,
+        heartbeat_period=spec.heartbeat_period, heartbeat_threshold=spec.heartbeat_threshold,
         provider=provider, **extra,
-    )
-
-
-def _mpi(spec: ExecutorSpec, provider: Any, resolve: bool) -> Any:
-    from parsl.executors import MPIExecutor
-
-    extra: dict[str, Any] = python_launch_commands() if spec.python == "driver" else {}
-    return MPIExecutor(
-        label=spec.label, address=_address(spec, resolve), provider=provider,
-        max_workers_per_block=spec.max_workers_per_block, mpi_launcher=spec.mpi_launcher,
-        **extra,
     )
 
 
@@ -182,7 +173,7 @@ def _threadpool(spec: ExecutorSpec, provider: Any, resolve: bool) -> Any:
 
 
 EXECUTORS: dict[str, Callable[[ExecutorSpec, Any, bool], Any]] = {
-    "htex": _htex, "mpi": _mpi, "taskvine": _taskvine, "workqueue": _workqueue,
+    "htex": _htex, "taskvine": _taskvine, "workqueue": _workqueue,
     "threadpool": _threadpool,
 }
 
@@ -193,7 +184,32 @@ def build_executor(site: SiteConfig, *, resolve_address: bool = True) -> Any:
         raise SiteError("globus sites run through the Globus Compute backend, not a Parsl "
                         "config (coffea_hpc.backends.globus)")
     provider = None if kind == "threadpool" else build_provider(site.provider)
-    return EXECUTORS[kind](site.executor, provider, resolve_address)
+    executor = EXECUTORS[kind](site.executor, provider, resolve_address)
+    drain = drain_period(site)
+    if drain is not None and hasattr(executor, "drain_period"):
+        executor.drain_period = drain
+    return executor
+
+
+_ENFORCED_WALLTIME = ("slurm", "pbspro")
+
+
+def drain_period(site: SiteConfig) -> int | None:
+    """Seconds after which a block's HTEx workers stop taking tasks and leave once idle.
+
+    A batch system kills a block at its walltime, and whatever ran on it is lost; workers
+    that drain before it finish their chunks and leave, and Parsl's strategy starts a new
+    block while work remains. None where blocks have no walltime that anyone enforces.
+    """
+    if site.provider.type not in _ENFORCED_WALLTIME:
+        return None
+    walltime = walltime_seconds(site.provider.walltime)
+    margin = site.executor.drain_before_walltime
+    if margin is None:
+        margin = min(max(0.1 * walltime, 30.0), 900.0, walltime / 2)
+    if margin <= 0:
+        return None
+    return max(int(walltime - margin), 1)
 
 
 def build_config(site: SiteConfig, run_dir: str | Path, *, resolve_address: bool = True) -> Any:

@@ -35,7 +35,7 @@ _FLAGS = {
     "qos": ("provider", "qos"),
     "nodes": ("provider", "nodes_per_block"),
     "walltime": ("provider", "walltime"),
-    "scaleout": ("provider", "max_blocks"),
+    "scaleout": ("provider", "max_blocks", "init_blocks"),  # N blocks at once, from the start
     "endpoint": ("executor", "endpoint_id"),
     "workers": ("executor", "max_workers_per_node"),
 }
@@ -146,8 +146,9 @@ def _layers(name: str | None, site_file: str | Path | None, run_options: str | P
             continue
         if key not in _FLAGS:
             raise SiteError(f"unknown site option {key!r}")
-        section, field = _FLAGS[key]
-        flags.setdefault(section, {})[field] = value
+        section, *fields = _FLAGS[key]
+        for field in fields:
+            flags.setdefault(section, {})[field] = value
     if flags:
         layers.append(_Layer("command line", flags))
     return layers

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ExecutorSpec", "ProviderSpec", "SiteConfig", "SubmitSpec"]
+__all__ = ["ExecutorSpec", "ProviderSpec", "SiteConfig", "SubmitSpec", "walltime_seconds"]
 
 ExecutorType = Literal["htex", "mpi", "taskvine", "workqueue", "globus", "threadpool"]
 ProviderType = Literal["slurm", "pbspro", "condor", "local"]
@@ -23,6 +23,13 @@ _WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}:\d{2}$")
 DEFAULT_LAUNCHERS: dict[str, LauncherType] = {
     "slurm": "srun", "pbspro": "mpiexec", "condor": "single-node", "local": "single-node",
 }
+
+
+def walltime_seconds(value: str) -> int:
+    """``[D-]HH:MM:SS`` in seconds."""
+    days, _, clock = value.rpartition("-")
+    hours, minutes, seconds = (int(x) for x in clock.split(":"))
+    return int(days or 0) * 86_400 + hours * 3_600 + minutes * 60 + seconds
 
 
 class _Strict(BaseModel):
@@ -55,8 +62,18 @@ class ExecutorSpec(_Strict):
     remote_dir: str | None = Field(
         default=None, description="endpoint-side folder for spilled partials and outputs "
                                   "($VARS expand on the endpoint)")
-    mpi_launcher: Literal["mpiexec", "srun", "aprun"] = "mpiexec"
-    max_workers_per_block: int = Field(default=1, ge=1)
+    heartbeat_period: int = Field(
+        default=30, ge=1, description="seconds between heartbeats of HTEx workers and "
+                                      "interchange")
+    heartbeat_threshold: int = Field(
+        default=120, ge=2, description="seconds without a heartbeat after which a block's "
+                                       "workers count as gone and their chunks run again")
+    drain_before_walltime: float | None = Field(
+        default=None, ge=0,
+        description="seconds before a block's walltime at which its workers stop taking "
+                    "chunks and leave when idle, so no chunk is cut off by the walltime "
+                    "(default: 10% of the walltime, 30 s to 15 min, at most half of it; "
+                    "0: never drain)")
     port: int | None = Field(default=None, ge=1024, le=65535)
 
 
@@ -146,9 +163,12 @@ class SiteConfig(_Strict):
         if self.executor.type == "globus" and self.provider.type != "local":
             raise ValueError("a globus executor gets its workers from the endpoint; "
                              "leave the provider out (or type: local)")
-        if self.executor.type == "mpi" and self.provider.resolved_launcher != "simple":
-            raise ValueError("an mpi executor needs provider.launcher: simple (workers start "
-                             "MPI applications themselves)")
+        if self.executor.type == "mpi":
+            raise ValueError(
+                "executor.type: mpi (Parsl's MPIExecutor) gives each task whole nodes to "
+                "launch an MPI application; a chunk is one Python process, so chunks run on "
+                "type: htex (a worker per core), and large outputs are merged with MPI by "
+                "--reduce mpi on any executor")
         return self
 
     @property
@@ -161,7 +181,4 @@ class SiteConfig(_Strict):
         ex, pr = self.executor, self.provider
         cores = cpu_count if pr.cores_per_node in (None, "auto") else int(pr.cores_per_node)
         per_node = ex.max_workers_per_node or max(int(cores // ex.cores_per_worker), 1)
-        if ex.type == "mpi":
-            per_node = ex.max_workers_per_block
-            return per_node * pr.max_blocks
         return per_node * pr.nodes_per_block * pr.max_blocks

@@ -82,8 +82,8 @@ def test_unknown_sites_list_the_known_ones():
         ({"executor": {"type": "spark"}}, r"executor\.type: Input should be 'htex', 'mpi'"),
         ({"provider": {"type": "lsf"}}, r"provider\.type: Input should be 'slurm', 'pbspro'"),
         ({"provider": {"min_blocks": 5, "max_blocks": 2}}, r"min_blocks \(5\) exceeds"),
-        ({"executor": {"type": "mpi"}, "provider": {"launcher": "srun"}},
-         "an mpi executor needs provider.launcher: simple"),
+        ({"executor": {"type": "mpi"}, "provider": {"launcher": "simple"}},
+         r"executor\.type: mpi \(Parsl's MPIExecutor\).*--reduce mpi"),
     ],
 )
 def test_invalid_fields_name_the_field_and_the_file(tmp_path, content, message):

@@ -176,3 +176,96 @@ def test_the_doctor_names_a_broken_worker_environment(slurm_cluster, tmp_path):
     checks = check_site(broken, tmp_path, timeout=15)
     probe = next(c for c in checks if c.name == "worker probe")
     assert probe.ok is False and "worker_init" in probe.fix
+
+
+def _blocks_submitted(out) -> int:
+    """Blocks Parsl submitted in the run: one job script each, named after the block."""
+    return len({p.name.split(".")[2] for p in (out / "parsl").rglob("submit_scripts/parsl.*")})
+
+
+@pytest.mark.timeout(900)
+def test_blocks_that_reach_their_walltime_drain_are_replaced_and_lose_nothing(
+        slurm_cluster, fileset_path, local_output, tmp_path, capsys):
+    """Blocks of one minute, over three minutes of run, no retries: each block's workers
+    stop taking chunks 30 s before its walltime and leave when idle (HTEx drain_period),
+    Parsl's strategy starts the next block once its status poll sees the last one gone
+    (every 60 s on Slurm), and the run completes with the local run's output. No chunk was
+    running when a block ended, so none was lost."""
+    slow = write_slow_processor(tmp_path / "slow.py", 3.0)
+    out = tmp_path / "out"
+    code = main(["run", slow, "-f", str(fileset_path), "-o", str(out), "--site",
+                 "local-slurm", "--walltime", "00:01:00", "--chunksize", "200",
+                 "--chunks-per-task", "1", "--retries", "0"])
+    text = capsys.readouterr()
+    assert code == 0, text.err[-3000:] + slurm_diagnosis(slurm_cluster)
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "complete" and report["failed_chunks"] == []
+    assert report["stages_s"]["processing"] >= 90  # 60 chunks x 3 s on 2 workers
+    assert _blocks_submitted(out) >= 3, report
+    assert report["metrics"]["chunks_lost_to_ended_blocks"] == 0
+    assert_same(load(out / "output.coffea"), local_output)
+    assert _drained(), _squeue()
+
+
+def test_a_block_cancelled_mid_run_costs_no_retry(slurm_cluster, fileset_path, local_output,
+                                                  tmp_path):
+    """``scancel`` of the block under running chunks: the interchange loses the workers'
+    heartbeats, the chunks come back as lost with their block, run again on the next block
+    without spending a retry (``--retries 0``), and the report counts them."""
+    import sys
+
+    slow = write_slow_processor(tmp_path / "slow.py", 3.0)
+    out = tmp_path / "out"
+    quick = tmp_path / "heartbeat.yaml"
+    quick.write_text("executor:\n  heartbeat_period: 2\n  heartbeat_threshold: 8\n")
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "coffea_hpc.cli.app", "run", slow, "-f", str(fileset_path),
+         "-o", str(out), "--site", "local-slurm", "--site-file", str(quick),
+         "--chunksize", "250", "--chunks-per-task", "1", "--retries", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        job = ""
+        while time.monotonic() < deadline and not job:
+            running = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i"],
+                                     capture_output=True, text=True).stdout.split()
+            job = running[0] if running else ""
+            time.sleep(0.5)
+        assert job, slurm_diagnosis(slurm_cluster)
+        checkpoint = out / "checkpoint.coffea"  # written once the first chunks are done
+        while time.monotonic() < deadline + 120 and not checkpoint.exists():
+            time.sleep(0.2)
+        assert checkpoint.exists(), slurm_diagnosis(slurm_cluster)
+        subprocess.run(["scancel", job], check=True)  # under the chunks that are running
+        text, _ = driver.communicate(timeout=300)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, text[-3000:] + slurm_diagnosis(slurm_cluster)
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "complete" and report["failed_chunks"] == []
+    assert report["metrics"]["chunks_lost_to_ended_blocks"] >= 1, report["metrics"]
+    assert _blocks_submitted(out) >= 2
+    assert_same(load(out / "output.coffea"), local_output)
+    assert _drained(), _squeue()
+
+
+def test_scaleout_runs_that_many_blocks_at_once_and_progress_shows_them(
+        slurm_cluster, fileset, local_output, tmp_path):
+    """``--scaleout 2`` with one-core blocks: both blocks start together, both run, and the
+    progress the analyst sees counts them and their workers."""
+    from coffea_hpc.sites import site_backend
+    from tests.helpers import RecordingReporter
+
+    one_core = tmp_path / "one-core.yaml"
+    one_core.write_text("provider:\n  cores_per_node: 1\nexecutor:\n  max_workers_per_node: 1\n")
+    backend = site_backend("local-slurm", site_file=one_core, overrides={"scaleout": 2},
+                           run_dir=tmp_path / "parsl")
+    reporter = RecordingReporter()
+    slow = write_slow_processor(tmp_path / "slow.py", 1.0)
+    outcome = run(slow, fileset, backend=backend, chunksize=500, chunks_per_task=1,
+                  reporter=reporter)
+    assert_same(outcome.output, local_output)
+    seen = reporter.blocks["processing"]
+    assert (0, 2) in seen, (seen, slurm_diagnosis(slurm_cluster))
+    assert 2 in reporter.workers["processing"], reporter.workers
+    assert _drained(), _squeue()

@@ -1,0 +1,102 @@
+"""Time to the first processed chunk of a small run, per backend: what an analyst iterating
+on a processor waits for, many times a day.
+
+    python benchmarks/startup.py --dir /tmp/startup [--rounds 5] [--json .bench/startup.json]
+
+Each measurement is a fresh Python process (as `coffea-hpc run` is): the clock starts before
+coffea-hpc is imported and stops when the first chunk's result reaches the driver, then
+again when the run is over. The run: 40,000 NanoAOD-profile events in 8 chunks (4 files),
+the example dimuon analysis, output written as `coffea-hpc run` writes it. Medians over
+``--rounds`` runs; each round runs the backends in turn, so load on the machine spreads over
+all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+START = time.perf_counter()
+
+BACKENDS = ("iterative", "futures", "parsl")
+
+
+def _child(backend: str, fileset: Path, out: Path) -> None:
+    """One run in this fresh process; prints its timings as one JSON line."""
+    from coffea_hpc.runner import run
+
+    first: list[float] = []
+
+    class FirstChunk:
+        def start(self, label: str, total: int, unit: str) -> None: ...
+
+        def update(self, progress) -> None:
+            if progress.done and not first:
+                first.append(time.perf_counter() - START)
+
+        finish = update
+
+    outcome = run("coffea_hpc.examples.dimuon:DimuonProcessor", str(fileset),
+                  backend=backend, workers=2, output_dir=out, chunksize=5_000,
+                  reporter=FirstChunk())
+    total = time.perf_counter() - START
+    stages = outcome.report["stages_s"]
+    print(json.dumps({"backend": backend, "first_chunk_s": first[0] if first else None,
+                      "total_s": total, "start_s": stages.get("start"),
+                      "preprocessing_s": stages.get("preprocessing")}))
+
+
+def _dataset(folder: Path) -> Path:
+    from coffea_hpc.data.synthetic import SyntheticDataset, generate
+
+    fileset = generate(folder / "data", events_per_file=10_000, profile="nanoaod",
+                       datasets=(SyntheticDataset("DYJetsToLL", "dy", 4, {"is_mc": True}),),
+                       workers=2)
+    return fileset.save(folder / "fileset.json")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/coffea-hpc-startup"))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._child:
+        backend, fileset, out = args._child
+        _child(backend, Path(fileset), Path(out))
+        return
+
+    fileset = _dataset(args.dir)
+    backends = args.backends.split(",")
+    runs: dict[str, list[dict]] = {b: [] for b in backends}
+    for i in range(args.rounds):
+        for backend in backends:
+            out = args.dir / f"out-{backend}-{i}"
+            done = subprocess.run(
+                [sys.executable, __file__, "--_child", backend, str(fileset), str(out)],
+                capture_output=True, text=True, check=True)
+            runs[backend].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    rows = []
+    for backend, found in runs.items():
+        rows.append({key: (statistics.median(r[key] for r in found)
+                           if key != "backend" else backend)
+                     for key in ("backend", "first_chunk_s", "total_s", "start_s",
+                                 "preprocessing_s")})
+    print(f"{'backend':<10} {'first chunk':>12} {'whole run':>10} {'start':>7} {'preprocess':>11}")
+    for row in rows:
+        print(f"{row['backend']:<10} {row['first_chunk_s']:>11.2f}s {row['total_s']:>9.2f}s "
+              f"{row['start_s']:>6.2f}s {row['preprocessing_s']:>10.2f}s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"results": rows, "rounds": args.rounds}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

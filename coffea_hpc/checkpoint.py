@@ -104,14 +104,18 @@ def processor_digest(handle: ProcessorHandle) -> str:
 
     ``ProcessorHandle.digest`` hashes the payload bytes, which differ between two processes
     for an unchanged analysis file: cloudpickle tags each class it carries by value with a
-    random id, and sets (a ``frozenset`` constant in the code, a set attribute) pickle in
-    an order that depends on the process's string hashing. Here the payload is read op by
-    op with those ids blanked and the members of sets of plain values sorted, so only a
-    change in what the processor is or does changes the digest.
+    random id, sets (a ``frozenset`` constant in the code, a set attribute) pickle in an
+    order that depends on the process's string hashing, and an equal string is written
+    once and referred to, or written twice, as the process happened to share it. Here the
+    payload is read op by op with those ids blanked, memo references to plain values
+    replaced by the values, other references numbered among themselves, and the members of
+    sets of plain values sorted, so only a change in what the processor is or does changes
+    the digest.
     """
     tokens: list[tuple[Any, ...]] = []
     marks: list[int] = []
     memo: dict[int, tuple[Any, ...]] = {}
+    objects = 0  # memoized objects that are not plain values, numbered among themselves
     last: tuple[Any, ...] | None = None
     for op, arg, _ in pickletools.genops(handle.payload):
         name = op.name
@@ -119,7 +123,12 @@ def processor_digest(handle: ProcessorHandle) -> str:
             continue
         if name == "MEMOIZE" or name in _PUT_OPS:
             index = len(memo) if name == "MEMOIZE" else int(arg)  # type: ignore[arg-type]
-            memo[index] = last if last is not None and last[0] == "v" else ("get", index)
+            if last is not None and last[0] == "v":
+                memo[index] = last
+            else:  # not by memo index: a string shared in one process and repeated in
+                # another (interning differs) adds a memo entry and shifts every index
+                memo[index] = ("get", objects)
+                objects += 1
             continue
         if name == "MARK":
             marks.append(len(tokens))

@@ -267,6 +267,49 @@ def test_the_processor_digest_is_the_same_in_every_process(tmp_path):
     assert digest("1") != first
 
 
+SHARING = """
+class Labels:
+    def __init__(self, shared):
+        word = "muon pt"
+        self.title = word
+        self.axis = word if shared else "".join(list(word))  # equal, not the same object
+        self.nested = {"a": [word, 1], "b": (2, 3)}
+        pair = [5, 6]  # one object referred to twice: a memo reference after the strings
+        self.first = pair
+        self.second = pair
+
+    def process(self, events):
+        return {"n": len(events)}
+"""
+
+
+def test_the_processor_digest_ignores_whether_equal_strings_were_shared(tmp_path):
+    """Pickle writes a string shared by two attributes once and refers to it, and equal
+    strings that are not the same object twice; which happens depends on the process
+    (interning, what ran before), not on the analysis. Every reference after it shifted
+    and a --resume in the same notebook was refused as a changed processor."""
+    import importlib.util
+
+    from coffea_hpc.checkpoint import processor_digest
+    from coffea_hpc.processing.processor import ProcessorHandle
+
+    path = tmp_path / "labels_analysis.py"
+    path.write_text(SHARING)
+    spec = importlib.util.spec_from_file_location("labels_analysis", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["labels_analysis"] = module
+    try:
+        spec.loader.exec_module(module)
+        shared, distinct = (ProcessorHandle.wrap(module.Labels(flag)) for flag in (True, False))
+        assert shared.payload != distinct.payload  # the pickles do differ
+        assert processor_digest(shared) == processor_digest(distinct)
+        changed = module.Labels(True)
+        changed.nested["b"] = (2, 4)
+        assert processor_digest(ProcessorHandle.wrap(changed)) != processor_digest(shared)
+    finally:
+        del sys.modules["labels_analysis"]
+
+
 class Recording:
     """Logs each chunk it processes; fails at entry 1000 while a flag file exists."""
 

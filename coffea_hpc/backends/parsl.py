@@ -188,10 +188,10 @@ class ParslBackend(PoolBackend):
         return sum(counts) if counts else None
 
     def blocks(self) -> tuple[int, int] | None:
-        """Batch jobs of workers (pending, running), as Parsl's strategy last polled them
-        (no scheduler command runs here); None where blocks are this machine's processes."""
-        from parsl.jobs.states import JobState
-
+        """Batch jobs of workers (pending, running); None where blocks are this machine's
+        processes. Running: blocks with workers connected to the interchange now (Parsl
+        polls the scheduler only every minute or so, so its own job states lag); pending:
+        the other blocks submitted and not ended."""
         dfk = self._dfk
         if dfk is None:
             return None
@@ -199,12 +199,16 @@ class ParslBackend(PoolBackend):
         batch = False
         for executor in dfk.executors.values():
             provider = getattr(executor, "provider", None)
-            if provider is None or type(provider).__name__ == "LocalProvider":
+            if provider is None or type(provider).__name__ == "LocalProvider" \
+                    or not hasattr(executor, "connected_managers"):
                 continue
             batch = True
-            for job in dict(getattr(executor, "status_facade", None) or {}).values():
-                pending += job.state == JobState.PENDING
-                running += job.state == JobState.RUNNING
+            live = {str(m.get("block_id")) for m in executor.connected_managers()
+                    if m.get("active", True)}
+            submitted = {str(block) for block, job in dict(executor.status_facade).items()
+                         if not job.terminal}
+            running += len(live)
+            pending += len(submitted - live)
         return (pending, running) if batch else None
 
     def submit_merge(self, element: WorkElement) -> Any:

@@ -336,7 +336,10 @@ def _main(argv: list[str] | None) -> int:
         console.print("aborted")
         return 1
     except typer.BadParameter as err:  # a bad value, as one line like every user error
-        console.print(f"[bold red]error:[/bold red] {_lower_first(err.format_message())}",
+        ctx = getattr(err, "ctx", None)
+        command = " ".join(["coffea-hpc", *_command_names(ctx)])
+        message = _lower_first(err.format_message()).rstrip(".")
+        console.print(f"[bold red]error:[/bold red] {message} (see '{command} --help')",
                       highlight=False, soft_wrap=True)
         return 2
     except typer.TyperException as err:  # usage errors, in non-standalone mode
@@ -346,6 +349,14 @@ def _main(argv: list[str] | None) -> int:
         show()
         return int(getattr(err, "exit_code", 2))
     return code if isinstance(code, int) else 0  # click turns Ctrl-C into 130
+
+
+def _command_names(ctx: Any) -> list[str]:
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.insert(0, ctx.info_name)
+        ctx = ctx.parent
+    return names
 
 
 def _lower_first(text: str) -> str:

@@ -19,12 +19,12 @@ from coffea_hpc.errors import (
 )
 
 if TYPE_CHECKING:
+    from coffea_hpc.api import Submission, run, submit
     from coffea_hpc.backends import ErrorPolicy, make_backend
     from coffea_hpc.data.fileset import Fileset
+    from coffea_hpc.options import RunOptions
     from coffea_hpc.processing.preprocess import preprocess
     from coffea_hpc.processing.result import Result
-    from coffea_hpc.api import Submission, run, submit
-    from coffea_hpc.options import RunOptions
     from coffea_hpc.runner import RunOutcome
 
 __version__ = "0.1.0"

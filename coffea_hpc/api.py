@@ -256,7 +256,8 @@ def _submit_with(processor: str, options: RunOptions, *, extra: str = "",
         "fileset": options.fileset.resolve(), "output": output,
         "site_file": options.site_file.resolve() if options.site_file else None,
         "spill_dir": options.spill_dir.resolve() if options.spill_dir else None,
-        "inside_allocation": False, "test": False, "nodes": None, "walltime": None})
+        "inside_allocation": False, "test": False, "nodes": None, "walltime": None,
+        "executor": "parsl"})  # a laptop's executor in a shared file: the job runs Parsl
     if options.mpi_launcher is None:
         job_options = job_options.model_copy(update={"mpi_launcher": _mpi_launcher(site)})
     options_path = output / "submit" / "run-options.yaml"

@@ -82,3 +82,19 @@ def test_inside_an_allocation_workers_use_its_nodes():
     assert single.executor.loopback
     pbs = site_inside(None, detect_allocation({"PBS_JOBID": "1"}))
     assert pbs.provider.launcher == "mpiexec"
+
+
+def test_the_local_slurm_script_is_perlmutters_apart_from_the_sites_name(in_tmp):
+    """What the Slurm tests run under a real sbatch (local-slurm) is the script a Slurm
+    centre gets: the same lines, apart from the site's name and its own directives."""
+    def script(name: str) -> list[str]:
+        site = resolve_site(name, overrides={"account": "A"})
+        text = render_job(site, RUN_ARGS, Path("/o"), walltime="01:00:00",
+                          environment=captured_environment({"VIRTUAL_ENV": "/v"}))
+        return text["driver.sbatch"].replace(name, "SITE").splitlines()
+
+    local, perlmutter = script("local-slurm"), script("perlmutter-cpu")
+    centre_only = [line for line in perlmutter if line not in local]
+    assert centre_only == ["#SBATCH --qos=regular", "#SBATCH --constraint=cpu"]
+    assert [line for line in perlmutter if line not in centre_only] == local
+    assert script("generic-slurm") == local

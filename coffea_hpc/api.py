@@ -86,12 +86,12 @@ def run(
     ``policy`` (an `ErrorPolicy`) and ``reduction`` (a `Reduction`) replace the options
     they stand for (retries and the two skip flags; reduce and its settings)."""
     given = _given(locals())
-    objects = {"fileset": fileset, "backend": backend}
+    # a Fileset or mapping, a Backend object: used as they are, not run options
     given["fileset"] = fileset if isinstance(fileset, str | Path) else None
     given["backend"] = backend if isinstance(backend, str) else None
     options = RunOptions.layered(run_options, _renamed(given), _keywords())
-    return _run_with(processor, options, fileset=objects["fileset"], backend=objects["backend"],
-                     policy=policy, reduction=reduction, reporter=reporter)
+    return _run_with(processor, options, fileset=fileset, backend=backend, policy=policy,
+                     reduction=reduction, reporter=reporter)
 
 
 def _given(arguments: Mapping[str, Any]) -> dict[str, Any]:

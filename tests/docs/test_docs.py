@@ -115,8 +115,9 @@ def _runnable_pages() -> dict[str, list[str]]:
     for path in [*sorted(DOCS.glob("*.md")), ROOT / "README.md"]:
         text = path.read_text()
         blocks = _BLOCK.findall(text)
-        assert len(blocks) == text.count(RUNNABLE), f"{path.name}: a runnable marker is not " \
-                                                     "directly above a ```bash block"
+        markers = re.findall(rf"^{re.escape(RUNNABLE)}$", text, re.MULTILINE)
+        assert len(blocks) == len(markers), f"{path.name}: a runnable marker is not " \
+                                            "directly above a ```bash block"
         if blocks:
             pages[path.name] = blocks
     return pages

@@ -265,7 +265,8 @@ def _submit_with(processor: str, options: RunOptions, *, extra: str = "",
     args = [_absolute(processor), "--run-options", str(options_path), *shlex.split(extra)]
     files = render_job(site, args, output, nodes=options.nodes, walltime=options.walltime,
                        job_name=job_name, analysis_dir=_analysis_dir(processor),
-                       environment=captured_environment())
+                       environment=captured_environment(
+                           modules=not (site.submit.setup or site.provider.worker_init)))
     files["run-options.yaml"] = "# written by `coffea-hpc submit`: the job's run options\n" + text
     if dry_run:
         return Submission(files)
@@ -292,11 +293,23 @@ def _analysis_dir(processor: str) -> Path:
     return Path(path).resolve().parent if path and Path(path).is_file() else Path.cwd()
 
 
-def captured_environment(environ: Mapping[str, str] | None = None) -> str:
-    """Shell lines that put the job in the Python environment ``submit`` ran from: the
-    active virtualenv or conda environment (by its ``bin`` on PATH, which is what
-    activation does and needs no conda shell hook in a batch job)."""
+def captured_environment(environ: Mapping[str, str] | None = None, *,
+                         modules: bool = True) -> str:
+    """Shell lines that put the job in the environment ``submit`` ran from: the modules
+    loaded then (``LOADEDMODULES``, unless ``modules`` is False because the site's own
+    setup loads what it needs), then the active virtualenv or conda environment (by its
+    ``bin`` on PATH, which is what activation does and needs no conda shell hook in a batch
+    job). A module that does not load is reported in the job's log, not fatal: the Python
+    environment, which comes last, is what the driver needs."""
     env = os.environ if environ is None else environ
+    lines = []
+    loaded = [m for m in env.get("LOADEDMODULES", "").split(":") if m] if modules else []
+    if loaded:
+        names = " ".join(shlex.quote(m) for m in loaded)
+        lines += ["# the modules loaded when `coffea-hpc submit` ran",
+                  "set +u  # module scripts read unset variables",
+                  f"module load {names} || echo \"coffea-hpc: not every module loaded\" >&2",
+                  "set -u"]
     prefix, kind = None, ""
     if env.get("VIRTUAL_ENV"):
         prefix, kind = env["VIRTUAL_ENV"], "VIRTUAL_ENV"
@@ -304,10 +317,9 @@ def captured_environment(environ: Mapping[str, str] | None = None) -> str:
         prefix, kind = env["CONDA_PREFIX"], "CONDA_PREFIX"
     elif sys.prefix != sys.base_prefix:
         prefix, kind = sys.prefix, "VIRTUAL_ENV"
-    if prefix is None:
-        return ""
-    quoted = shlex.quote(prefix)
-    return "\n".join(["# the Python environment `coffea-hpc submit` ran from",
-                      f"export {kind}={quoted}",
-                      f'export PATH={quoted}/bin:"$PATH"'])
-
+    if prefix is not None:
+        quoted = shlex.quote(prefix)
+        lines += ["# the Python environment `coffea-hpc submit` ran from",
+                  f"export {kind}={quoted}",
+                  f'export PATH={quoted}/bin:"$PATH"']
+    return "\n".join(lines)

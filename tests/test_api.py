@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import subprocess
 
 import pytest
 import typer
@@ -118,3 +119,18 @@ def test_the_submitting_environment_is_captured():
     assert "export PATH='/home/a b/venv'/bin:\"$PATH\"" in venv
     conda = captured_environment({"CONDA_PREFIX": "/opt/conda/envs/ana"})
     assert "export CONDA_PREFIX=/opt/conda/envs/ana" in conda
+
+
+def test_loaded_modules_are_captured_unless_the_site_sets_up_its_own(tmp_path):
+    env = {"LOADEDMODULES": "PrgEnv-gnu/8.5.0:python/3.11", "VIRTUAL_ENV": "/v"}
+    lines = captured_environment(env).splitlines()
+    load = next(line for line in lines if line.startswith("module load"))
+    assert load.startswith("module load PrgEnv-gnu/8.5.0 python/3.11 || ")
+    assert lines.index(load) < lines.index("export VIRTUAL_ENV=/v")  # modules first
+    assert "module" not in captured_environment(env, modules=False)
+    script = tmp_path / "job.sh"  # a module that fails to load is not fatal
+    script.write_text("set -euo pipefail\nmodule() { return 1; }\n"
+                      + captured_environment(env) + "\necho reached\n")
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0 and "reached" in done.stdout, done.stderr
+    assert "not every module loaded" in done.stderr

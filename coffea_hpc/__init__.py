@@ -19,11 +19,13 @@ from coffea_hpc.errors import (
 )
 
 if TYPE_CHECKING:
+    from coffea_hpc.api import Submission, run, submit
     from coffea_hpc.backends import ErrorPolicy, make_backend
     from coffea_hpc.data.fileset import Fileset
+    from coffea_hpc.options import RunOptions
     from coffea_hpc.processing.preprocess import preprocess
     from coffea_hpc.processing.result import Result
-    from coffea_hpc.runner import RunOutcome, run
+    from coffea_hpc.runner import RunOutcome
 
 __version__ = "0.1.0"
 
@@ -35,13 +37,16 @@ __all__ = [
     "FilesetError",
     "ProcessorLoadError",
     "Result",
+    "RunOptions",
     "RunOutcome",
     "SiteError",
+    "Submission",
     "UserError",
     "__version__",
     "make_backend",
     "preprocess",
     "run",
+    "submit",
 ]
 
 _LAZY = {
@@ -50,8 +55,11 @@ _LAZY = {
     "Fileset": "coffea_hpc.data.fileset",
     "preprocess": "coffea_hpc.processing.preprocess",
     "Result": "coffea_hpc.processing.result",
+    "RunOptions": "coffea_hpc.options",
     "RunOutcome": "coffea_hpc.runner",
-    "run": "coffea_hpc.runner",
+    "Submission": "coffea_hpc.api",
+    "run": "coffea_hpc.api",
+    "submit": "coffea_hpc.api",
 }
 
 

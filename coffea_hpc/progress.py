@@ -57,7 +57,8 @@ def watch(
             while not task.wait(timeout=poll):
                 if count.value is not None and count.value != logged:
                     logged = count.value
-                    log.info("%s: %d workers connected", label, logged)
+                    log.info("%s: %d %s connected", label, logged,
+                             "worker" if logged == 1 else "workers")
                 if reporter is not None:
                     reporter.update(replace(task.progress(), workers=count.value,
                                             blocks=count.blocks))

@@ -93,6 +93,7 @@ def run(
     resume: bool = False,
     checkpoint_interval: float = 60.0,
     reporter: Reporter | None = None,
+    run_options: Mapping[str, Any] | None = None,
 ) -> RunOutcome:
     """Run ``processor`` over ``fileset`` and return (and, with ``output_dir``, write) the
     postprocessed output.
@@ -100,6 +101,8 @@ def run(
     ``processor`` is an object or a ``'file.py:Name'``/``'module:Name'`` string; ``backend``
     a started-or-not `Backend` or a name (then ``workers`` sets its size). See the
     command-line help of ``coffea-hpc run`` for the meaning of the other options.
+    ``run_options``, the effective options of the command line or `coffea_hpc.run`, go
+    into the report as they are.
     """
     started = time.time()
     resolve_schema(schema)  # user mistakes first, before any compute starts
@@ -153,8 +156,11 @@ def run(
             work = Workload(handle, chunks, schema=schema, chunks_per_task=per_task, spill=spill)
 
             def report(status: str, result: Result, **kw: Any) -> dict[str, Any]:
-                return _report(status, started, backend, prep, work, result, stages,
-                               resumed=checkpoint.base.processed.n_entries, **kw)
+                row = _report(status, started, backend, prep, work, result, stages,
+                              resumed=checkpoint.base.processed.n_entries, **kw)
+                if run_options is not None:
+                    row["options"] = dict(run_options)
+                return row
 
             # the MPI merge's ranks start now and wait, so the merge begins with the last partial
             merge_job = (stack.enter_context(reduction.merge_job()) if remote_storage is None
@@ -208,9 +214,10 @@ def run(
         total.value = merged
         summary = report("complete" if not total.failures else "incomplete", total)
         if summary["metrics"]["chunks_without_output"]:
-            log.warning("%d chunks returned None from process(): nothing of them is in the "
-                        "output (coffea drops them too)",
-                        summary["metrics"]["chunks_without_output"])
+            n_none = summary["metrics"]["chunks_without_output"]
+            log.warning("%d %s returned None from process(): nothing of them is in the "
+                        "output (coffea drops them too)", n_none,
+                        "chunk" if n_none == 1 else "chunks")
         summary["reduction"] = {"mode": reduction.mode,
                                 "merge_tasks": total.metrics.get("merges", 0),
                                 "final_merge": merge_stats.as_dict()}

@@ -25,3 +25,54 @@ def test_a_failing_worker_count_leaves_the_run_alone(fileset, dimuon):
     assert outcome.result.processed.n_entries == on_disk
     assert recorder.workers["processing"]
     assert set(recorder.workers["preprocessing"] + recorder.workers["processing"]) == {None}
+
+
+class _FlakyOnce:
+    """Fails each chunk's first attempt; the retry waits until the test has seen it."""
+
+    def __init__(self, folder) -> None:
+        self.folder = str(folder)
+
+    def __call__(self, events):
+        import os
+        import time
+
+        marker = os.path.join(self.folder, f"{events.metadata['filename'].split('/')[-1]}-"
+                                           f"{events.metadata['entrystart']}")
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise OSError("flaky storage")
+        deadline = time.monotonic() + 20  # unseen: the assertions below fail, not hang
+        while not os.path.exists(os.path.join(self.folder, "release")):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        return {"n": len(events)}
+
+
+class _Seen:
+    def __init__(self, release) -> None:
+        self.release = release
+        self.seen: list[tuple[int, int, int]] = []
+
+    def start(self, label, total, unit) -> None:
+        self.label = label
+
+    def update(self, progress) -> None:
+        if self.label == "processing":
+            self.seen.append((progress.done, progress.failed, progress.retrying))
+            if progress.retrying:
+                self.release.touch()
+
+    finish = update
+
+
+def test_progress_counts_chunks_being_retried_apart(fileset, tmp_path):
+    seen = _Seen(tmp_path / "release")
+    one_file = {"DY": [fileset.datasets["DYJetsToLL"].files[0].path]}
+    outcome = run(_FlakyOnce(tmp_path), one_file, backend="futures", workers=2,
+                  chunksize=1_000, chunks_per_task=1, schema="base", reporter=seen)
+    assert outcome.result.value["n"] == 3_000 and outcome.report["failed_chunks"] == []
+    retrying = [s for s in seen.seen if s[2]]
+    assert retrying and all(done + failed < 3 for done, failed, _ in retrying), seen.seen
+    assert seen.seen[-1] == (3, 0, 0)

@@ -176,6 +176,8 @@ class FutureTask:
             total_weight=self._total_weight,
             done_weight=self._done_weight,
             retries=self._retries,
+            retrying=sum(1 for key in self._attempts
+                         if key not in self._done and key not in self._failed),
         )
 
     def cancel(self) -> None:

@@ -86,6 +86,9 @@ class TaskProgress:
     total_weight: int
     done_weight: int
     retries: int = 0
+    """Retries launched so far."""
+    retrying: int = 0
+    """Keys that failed at least once and are being tried again now."""
     workers: int | None = None
     """Workers connected to the backend now, where it can tell (see `watch`)."""
     blocks: tuple[int, int] | None = None

@@ -20,7 +20,10 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from coffea_hpc._text import count
+from coffea_hpc.cli import _options as opt
 from coffea_hpc.errors import ChunkFailedError, CoffeaHPCError, UserError
+from coffea_hpc.options import EXECUTORS, TEST_CHUNKS
 
 __all__ = ["app", "main"]
 
@@ -33,9 +36,6 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 out = Console()
-
-EXECUTORS = ("iterative", "futures", "parsl", "dask")
-
 
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
@@ -90,131 +90,75 @@ def _check_executor(name: str) -> str:
 
 @app.command()
 def run(
-    processor: Annotated[str, typer.Argument(
-        help="The processor: 'path/to/file.py:Name' or 'package.module:Name'.")],
-    fileset: Annotated[Path, typer.Option("--fileset", "-f", help="Fileset (JSON or YAML).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.")],
-    executor: Executor = "parsl",
-    workers: Workers = None,
-    chunksize: Chunksize = None,
-    limit_files: Annotated[int | None, typer.Option(
-        "--limit-files", min=1, help="Use only the first N files of each dataset.")] = None,
-    limit_chunks: Annotated[int | None, typer.Option(
-        "--limit-chunks", min=1, help="Process at most N chunks of each dataset.")] = None,
-    schema: Annotated[str, typer.Option(
-        help="NanoEvents schema: nanoaod, base, physlite, ... or a dotted path.")] = "nanoaod",
-    retries: Annotated[int, typer.Option(min=0, help="Retries per failed chunk.")] = 1,
-    skip_bad_files: SkipBad = False,
-    continue_on_error: Annotated[bool, typer.Option(
-        "--continue-on-error",
-        help="Go on past chunks that fail for any reason, the processor's own exceptions "
-             "included (by default the run stops at the first chunk that still fails after "
-             "its retries); every failure is listed in report.json.")] = False,
-    align_clusters: AlignClusters = False,
-    chunks_per_task: Annotated[int | None, typer.Option(
-        "--chunks-per-task", min=1,
-        help="Chunks of one file each task processes and folds before sending one result "
-             "(default: enough for two tasks per worker).")] = None,
-    reduce: Annotated[str, typer.Option(
-        help="Reduction: driver (add results as they come), tree (merge tasks on the "
-             "workers), mpi (an MPI tree-merge at the end, its ranks started with "
-             "processing; the driver merges if MPI fails).")] = "driver",
-    fan_in: Annotated[int, typer.Option("--fan-in", min=2,
-                                        help="Partials per merge task (tree).")] = 8,
-    spill_dir: Annotated[Path | None, typer.Option(
-        "--spill-dir", help="Where partials are spilled (default OUTPUT/spill).")] = None,
-    spill_threshold: Annotated[float, typer.Option(
-        "--spill-threshold", min=0.0,
-        help="Spill partials above this many MB (driver mode).")] = 256.0,
-    mpi_ranks: Annotated[int, typer.Option("--mpi-ranks", min=1,
-                                           help="Ranks of the MPI merge.")] = 2,
-    mpi_launcher: Annotated[str, typer.Option(
-        "--mpi-launcher", help="mpiexec, srun, or a full launcher command.")] = "mpiexec",
-    resume: Annotated[bool, typer.Option(
-        help="Continue an interrupted run from the checkpoint in the output directory.")] = False,
-    checkpoint_every: Annotated[float, typer.Option(
-        "--checkpoint-every", min=0.0,
-        help="Most seconds between checkpoints of the running result; one is also written "
-             "after every 5% of the chunks (at least a second apart).")] = 60.0,
-    site: Annotated[str | None, typer.Option(
-        help="Run on a site preset or file (see 'coffea-hpc sites list').")] = None,
-    site_file: Annotated[Path | None, typer.Option(
-        "--site-file", help="A site YAML layered over the preset.")] = None,
-    run_options: Annotated[Path | None, typer.Option(
-        "--run-options", help="A YAML of option overrides layered over the site.")] = None,
-    account: Annotated[str | None, typer.Option(help="Batch account / project.")] = None,
-    nodes: Annotated[int | None, typer.Option(min=1, help="Nodes per block.")] = None,
-    walltime: Annotated[str | None, typer.Option(help="Wall time per block, HH:MM:SS.")] = None,
-    scaleout: Annotated[int | None, typer.Option(
-        min=1, help="Blocks (batch jobs of --nodes nodes) to run at once.")] = None,
-    endpoint: Annotated[str | None, typer.Option(
-        help="Globus Compute endpoint id (globus sites).")] = None,
-    dask_address: Annotated[str | None, typer.Option(
-        "--dask-address", help="Scheduler of an existing Dask cluster (with -e dask).")] = None,
-    inside_allocation: Annotated[bool, typer.Option(
-        "--inside-allocation",
-        help="Run inside a Slurm/PBS job: workers on the job's nodes.")] = False,
+    ctx: typer.Context,
+    processor: opt.Processor,
+    fileset: opt.Fileset = None,
+    output: opt.Output = None,
+    run_options: opt.RunOptionsFile = None,
+    executor: opt.Executor = "parsl",
+    workers: opt.Workers = None,
+    chunksize: opt.Chunksize = None,
+    limit_files: opt.LimitFiles = None,
+    limit_chunks: opt.LimitChunks = None,
+    schema: opt.Schema = "nanoaod",
+    retries: opt.Retries = 1,
+    skip_bad_files: opt.SkipBad = False,
+    continue_on_error: opt.ContinueOnError = False,
+    align_clusters: opt.AlignClusters = False,
+    chunks_per_task: opt.ChunksPerTask = None,
+    reduce: opt.Reduce = "driver",
+    fan_in: opt.FanIn = 8,
+    spill_dir: opt.SpillDir = None,
+    spill_threshold: opt.SpillThreshold = 256.0,
+    mpi_ranks: opt.MpiRanks = 2,
+    mpi_launcher: opt.MpiLauncher = None,
+    resume: opt.Resume = False,
+    checkpoint_every: opt.CheckpointEvery = 60.0,
+    test: opt.Test = False,
+    site: opt.Site = None,
+    site_file: opt.SiteFile = None,
+    account: opt.Account = None,
+    partition: opt.Partition = None,
+    qos: opt.Qos = None,
+    nodes: opt.Nodes = None,
+    walltime: opt.Walltime = None,
+    scaleout: opt.Scaleout = None,
+    endpoint: opt.Endpoint = None,
+    dask_address: opt.DaskAddress = None,
+    inside_allocation: opt.InsideAllocation = False,
     verbose: Verbose = 0,
 ) -> None:
     """Run PROCESSOR over a fileset and write OUTPUT/output.coffea and OUTPUT/report.json."""
     _setup_logging(verbose)
+    from coffea_hpc.api import _run_with
     from coffea_hpc.cli.progress import RichReporter, summary_table
-    from coffea_hpc.reduction import Reduction
-    from coffea_hpc.runner import run as run_analysis
+    from coffea_hpc.options import RunOptions
 
-    backend: Any = _check_executor(executor)
-    if dask_address is not None:
-        from coffea_hpc.backends import make_backend
-
-        if executor != "dask":
-            raise UserError("--dask-address needs --executor dask")
-        backend = make_backend("dask", address=dask_address)
-    if site is not None or inside_allocation:
-        from coffea_hpc.sites import site_backend
-
-        backend = site_backend(
-            site,
-            site_file=site_file,
-            run_options=run_options,
-            overrides={"account": account, "nodes": nodes, "walltime": walltime,
-                       "scaleout": scaleout, "endpoint": endpoint, "workers": workers},
-            inside_allocation=inside_allocation,
-            run_dir=output / "parsl",
-        )
-    outcome = run_analysis(
-        processor,
-        fileset,
-        backend=backend,
-        workers=workers,
-        output_dir=output,
-        chunksize=chunksize,
-        schema=schema,
-        limit_files=limit_files,
-        limit_chunks=limit_chunks,
-        align_clusters=align_clusters,
-        policy=_policy(retries, skip_bad_files, continue_on_error),
-        chunks_per_task=chunks_per_task,
-        reduction=Reduction(mode=reduce, fan_in=fan_in,  # type: ignore[arg-type]
-                            spill_dir=str(spill_dir) if spill_dir else None,
-                            spill_bytes=int(spill_threshold * 1024**2),
-                            mpi_ranks=mpi_ranks, mpi_launcher=mpi_launcher),
-        resume=resume,
-        checkpoint_interval=checkpoint_every,
-        reporter=RichReporter(console),
-    )
+    options = RunOptions.layered(run_options, opt.given(ctx), opt.flag_names(ctx))
+    if options.output is None:
+        raise UserError("no output directory: pass -o DIR or set output: in the run options")
+    if options.test:
+        where = f" (not on site {options.site})" if options.site else ""
+        console.print(f"test mode: one file and {TEST_CHUNKS} chunks per dataset, on the "
+                      f"iterative backend here{where}", highlight=False)
+    outcome = _run_with(processor, options, reporter=RichReporter(console))
     console.print(summary_table(outcome.report))
     unreadable = {f["file"] for f in outcome.report["skipped_files"]
                   if f.get("stage") == "processing"}  # one line per file, below
     chunk_failures = [f for f in outcome.report["failed_chunks"] if f.get("file") not in unreadable]
     for error, chunks in _by_error(chunk_failures).items():
-        more = f" and {len(chunks) - 1} more chunks" if len(chunks) > 1 else ""
+        more = f" and {count(len(chunks) - 1, 'more chunk')}" if len(chunks) > 1 else ""
         console.print(f"[red]failed[/red] {chunks[0]}{more}: {error}", highlight=False,
                       soft_wrap=True)
     for skipped in outcome.report["skipped_files"]:
-        missing = (f" ({skipped['chunks_failed']} of {skipped['chunks']} chunks not read)"
+        missing = (f" ({skipped['chunks_failed']} of {count(skipped['chunks'], 'chunk')} not read)"
                    if "chunks_failed" in skipped else "")
         console.print(f"[yellow]skipped[/yellow] {skipped['file']}{missing}: "
                       f"{_first_line(skipped['error'])}", highlight=False, soft_wrap=True)
+    if options.test:
+        from coffea_hpc.cli.structure import structure
+
+        out.print(structure(outcome.output))
     if outcome.remote is not None:
         console.print(f"output: too large to bring back; it is on the remote side at "
                       f"{outcome.remote.location}")
@@ -250,8 +194,9 @@ def preprocess(
     outcome.fileset.save(output)
     n_chunks = sum(len(f.steps or ()) for _, f in outcome.fileset.files)
     console.print(
-        f"{len(outcome.fileset.files)} files, {outcome.fileset.n_entries:,} entries, "
-        f"{n_chunks} chunks -> {output}"
+        f"{count(len(outcome.fileset.files), 'file')}, "
+        f"{count(outcome.fileset.n_entries, 'entry', thousands=True)}, "
+        f"{count(n_chunks, 'chunk')} -> {output}"
     )
     for failure in outcome.skipped:
         console.print(f"[yellow]skipped[/yellow] {failure.describe()}", highlight=False,
@@ -277,7 +222,7 @@ def demo(
     with console.status("generating synthetic NanoAOD"):
         fs = generate(output / "data", events_per_file=events)
     fileset_path = fs.save(output / "fileset.json")
-    console.print(f"fileset: {fileset_path} ({len(fs.files)} files)")
+    console.print(f"fileset: {fileset_path} ({count(len(fs.files), 'file')})")
     outcome = run_analysis(
         "coffea_hpc.examples.dimuon:DimuonProcessor",
         fs,
@@ -390,6 +335,13 @@ def _main(argv: list[str] | None) -> int:
     except typer.Abort:
         console.print("aborted")
         return 1
+    except typer.BadParameter as err:  # a bad value, as one line like every user error
+        ctx = getattr(err, "ctx", None)
+        command = " ".join(["coffea-hpc", *_command_names(ctx)])
+        message = _lower_first(err.format_message()).rstrip(".")
+        console.print(f"[bold red]error:[/bold red] {message} (see '{command} --help')",
+                      highlight=False, soft_wrap=True)
+        return 2
     except typer.TyperException as err:  # usage errors, in non-standalone mode
         show = getattr(err, "show", None)
         if show is None:
@@ -397,6 +349,18 @@ def _main(argv: list[str] | None) -> int:
         show()
         return int(getattr(err, "exit_code", 2))
     return code if isinstance(code, int) else 0  # click turns Ctrl-C into 130
+
+
+def _command_names(ctx: Any) -> list[str]:
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.insert(0, ctx.info_name)
+        ctx = ctx.parent
+    return names
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
 
 _NO_SPACE = {errno.ENOSPC: "no space left on", errno.EDQUOT: "disk quota exceeded on"}

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from coffea_hpc._text import count
+
 __all__ = ["register"]
 
 
@@ -42,7 +44,7 @@ def merge(
         total = merge_stream(expand_inputs(partials), stats=stats)
         files.save(total, output)
     console.print(
-        f"merged {stats.inputs} partials with {stats.ranks} rank(s) in "
+        f"merged {count(stats.inputs, 'partial')} with {count(stats.ranks, 'rank')} in "
         f"{stats.wall_time_s:.2f} s: {stats.bytes_read / 1e6:.1f} MB read, "
         f"peak memory {stats.peak_rss_bytes / 1e6:.0f} MB -> {output}"
     )

@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from coffea_hpc._text import count
 from coffea_hpc.backends.protocol import TaskProgress
 
 __all__ = ["RichReporter", "summary_table"]
@@ -56,14 +57,20 @@ class _WorkersColumn(ProgressColumn):
 
 
 class _FailedColumn(ProgressColumn):
+    """Once anything has failed, what is done, what failed for good and what is being
+    retried, apart: the bar alone counts failed chunks as finished."""
+
     def render(self, task: Task) -> Text:
         failed = task.fields.get("failed", 0)
+        retrying = task.fields.get("retrying", 0)
         retries = task.fields.get("retries", 0)
-        parts = []
-        if failed:
-            parts.append(f"{failed} failed")
+        if not (failed or retrying or retries):
+            return Text("")
+        parts = [f"{task.fields.get('done', 0)} done", f"{failed} failed"]
+        if retrying:
+            parts.append(f"{retrying} retrying")
         if retries:
-            parts.append(f"{retries} retried")
+            parts.append(count(retries, "retry"))
         return Text(", ".join(parts), style="red" if failed else "yellow")
 
 
@@ -92,7 +99,8 @@ class RichReporter:
         )
         self._progress.start()
         self._task_id = self._progress.add_task(label, total=total, events=0, failed=0,
-                                                retries=0, workers=None, blocks=None,
+                                                done=0, retries=0, retrying=0, workers=None,
+                                                blocks=None,
                                                 start_time=time.monotonic())
 
     def update(self, progress: TaskProgress) -> None:
@@ -103,8 +111,10 @@ class RichReporter:
             completed=progress.done + progress.failed,
             total=progress.total,
             events=progress.done_weight if progress.total_weight > progress.total else 0,
+            done=progress.done,
             failed=progress.failed,
             retries=progress.retries,
+            retrying=progress.retrying,
             workers=progress.workers,
             blocks=progress.blocks,
         )
@@ -125,11 +135,11 @@ def summary_table(report: dict[str, Any]) -> Table:
         table.add_row(ds["name"], str(ds["files"]), str(ds["chunks"]), f"{ds['entries']:,}",
                       f"{ds['processed']:,}")
     table.caption = (
-        f"{report['events']:,} events in {report['wall_time_s']:.1f} s "
+        f"{count(report['events'], 'event', thousands=True)} in {report['wall_time_s']:.1f} s "
         f"({_si(report['events_per_s'] or 0)} events/s) on {report['backend']} "
-        f"with {report['workers']} workers; "
-        f"{len(report['failed_chunks'])} failed chunks, "
-        f"{len(report['skipped_files'])} skipped files"
+        f"with {count(report['workers'], 'worker') if report['workers'] else '? workers'}; "
+        f"{count(len(report['failed_chunks']), 'failed chunk')}, "
+        f"{count(len(report['skipped_files']), 'skipped file')}"
     )
     stages = report.get("stages_s") or {}
     if stages:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from coffea_hpc.cli import _options as opt
 
 __all__ = ["register"]
 
@@ -18,20 +19,20 @@ out = Console()
 
 sites_app = typer.Typer(help="Site presets and your own sites.", no_args_is_help=True)
 
-SiteFile = Annotated[Path | None, typer.Option("--site-file", help="A site YAML layered on top.")]
-RunOptions = Annotated[Path | None, typer.Option(
-    "--run-options", help="A YAML of option overrides layered on top.")]
-Account = Annotated[str | None, typer.Option(help="Batch account / project.")]
-Nodes = Annotated[int | None, typer.Option(
-    min=1, help="Nodes (per block; for submit, of the job).")]
-Walltime = Annotated[str | None, typer.Option(help="Wall time, HH:MM:SS.")]
-
-
-def _site(name: str | None, site_file: Path | None, run_options: Path | None,
-          **overrides: Any) -> Any:
+def _site(name: str | None, ctx: typer.Context, run_options: Path | None,
+          require_account: bool = True, **fixed: Any) -> Any:
+    """The site the command line and a run-options file describe, layered as ``run``
+    layers it."""
+    from coffea_hpc.options import RunOptions
     from coffea_hpc.sites import resolve_site
 
-    return resolve_site(name, site_file=site_file, run_options=run_options, overrides=overrides)
+    given = {k: v for k, v in opt.given(ctx).items() if k in RunOptions.option_keys()}
+    options = RunOptions.layered(run_options, {**given, "site": name}, opt.flag_names(ctx))
+    return resolve_site(options.site, site_file=options.site_file,
+                        site_config=options.site_config,
+                        overrides={**options.site_overrides(), **fixed},
+                        require_account=require_account,
+                        site_config_source=f"{run_options}: site_config")
 
 
 @sites_app.command("list")
@@ -57,39 +58,54 @@ def list_sites() -> None:
 
 @sites_app.command("show")
 def show_site(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Site name or YAML file.")],
-    site_file: SiteFile = None,
-    run_options: RunOptions = None,
-    account: Account = None,
-    nodes: Nodes = None,
-    walltime: Walltime = None,
+    site_file: opt.SiteFile = None,
+    run_options: opt.RunOptionsFile = None,
+    account: opt.Account = None,
+    nodes: opt.Nodes = None,
+    walltime: opt.Walltime = None,
 ) -> None:
-    """The effective configuration of a site, all layers applied."""
+    """The effective configuration of a site, all layers applied; what it still needs to
+    run (an account) is marked."""
     import yaml
 
-    site = _site(name, site_file, run_options, account=account, nodes=nodes, walltime=walltime)
-    typer.echo(yaml.safe_dump(site.model_dump(mode="json"), sort_keys=False, width=1000),
-               nl=False)
+    site = _site(name, ctx, run_options, require_account=False)
+    text = yaml.safe_dump(site.model_dump(mode="json"), sort_keys=False, width=1000)
+    missing = site.requires_account and not site.provider.account
+    if missing:
+        text = text.replace("  account: null\n", "  account: null  # REQUIRED: --account NAME "
+                            "or provider.account in a site file\n", 1)
+    typer.echo(text, nl=False)
+    if missing:
+        console.print(f"site {site.name!r} still needs an account (allocation/project) to run: "
+                      "pass --account NAME", highlight=False)
 
 
 @sites_app.command("check")
 def check_site(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Site name or YAML file.")],
-    site_file: SiteFile = None,
-    run_options: RunOptions = None,
-    account: Account = None,
+    site_file: opt.SiteFile = None,
+    run_options: opt.RunOptionsFile = None,
+    account: opt.Account = None,
     probe: Annotated[bool, typer.Option(
         help="Start one worker through the site and compare its environment.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the probe.")] = 300.0,
-    run_dir: Annotated[Path, typer.Option(help="Where Parsl logs go.")] = Path(
-        "coffea-hpc-check"),
+    run_dir: Annotated[Path | None, typer.Option(
+        help="Where Parsl logs go (default: a temporary folder, removed unless a check "
+             "fails).")] = None,
 ) -> None:
     """Check a site: scheduler commands, account, interchange address, a worker, versions."""
+    import shutil
+    import tempfile
+
     from coffea_hpc.sites.check import check_site as run_checks
 
-    site = _site(name, site_file, run_options, account=account, scaleout=1)
+    site = _site(name, ctx, run_options, scaleout=1)
+    folder = run_dir or Path(tempfile.mkdtemp(prefix="coffea-hpc-check-"))
     failed = False
-    for check in run_checks(site, run_dir, probe=probe, timeout=timeout):
+    for check in run_checks(site, folder, probe=probe, timeout=timeout):
         label, style = {True: ("ok", "green"), False: ("FAIL", "red"), None: ("--", "dim")}[
             check.ok]
         console.print(f"[{style}]{label:>4}[/{style}]  {check.name}: {check.detail}",
@@ -99,60 +115,64 @@ def check_site(
             if check.fix:
                 console.print(f"      fix: {check.fix}", highlight=False)
     if failed:
+        if run_dir is None:
+            console.print(f"      logs: {folder}", highlight=False)
         raise typer.Exit(1)
+    if run_dir is None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def submit(
-    processor: Annotated[str, typer.Argument(help="The processor, as for 'run'.")],
-    fileset: Annotated[Path, typer.Option("--fileset", "-f", help="Fileset (JSON or YAML).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.")],
-    site: Annotated[str, typer.Option(help="Site to submit to.")],
-    site_file: SiteFile = None,
-    run_options: RunOptions = None,
-    account: Account = None,
-    nodes: Nodes = None,
-    walltime: Walltime = None,
-    chunksize: Annotated[int | None, typer.Option(min=1)] = None,
-    schema: Annotated[str | None, typer.Option()] = None,
-    skip_bad_files: Annotated[bool, typer.Option("--skip-bad-files")] = False,
-    reduce: Annotated[str | None, typer.Option(help="driver, tree or mpi.")] = None,
-    resume: Annotated[bool, typer.Option(help="Resume the run in OUTPUT.")] = False,
+    ctx: typer.Context,
+    processor: opt.Processor,
+    fileset: opt.Fileset = None,
+    output: opt.Output = None,
+    site: opt.Site = None,
+    run_options: opt.RunOptionsFile = None,
+    site_file: opt.SiteFile = None,
+    account: opt.Account = None,
+    partition: opt.Partition = None,
+    qos: opt.Qos = None,
+    nodes: opt.Nodes = None,
+    walltime: opt.Walltime = None,
+    endpoint: opt.Endpoint = None,
+    executor: opt.Executor = "parsl",
+    workers: opt.Workers = None,
+    chunksize: opt.Chunksize = None,
+    limit_files: opt.LimitFiles = None,
+    limit_chunks: opt.LimitChunks = None,
+    schema: opt.Schema = "nanoaod",
+    retries: opt.Retries = 1,
+    skip_bad_files: opt.SkipBad = False,
+    continue_on_error: opt.ContinueOnError = False,
+    align_clusters: opt.AlignClusters = False,
+    chunks_per_task: opt.ChunksPerTask = None,
+    reduce: opt.Reduce = "driver",
+    fan_in: opt.FanIn = 8,
+    spill_dir: opt.SpillDir = None,
+    spill_threshold: opt.SpillThreshold = 256.0,
+    mpi_ranks: opt.MpiRanks = 2,
+    mpi_launcher: opt.MpiLauncher = None,
+    resume: opt.Resume = False,
+    checkpoint_every: opt.CheckpointEvery = 60.0,
     extra: Annotated[str, typer.Option(help="More 'coffea-hpc run' options, quoted.")] = "",
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the job script only.")] = False,
+    job_name: Annotated[str, typer.Option("--job-name", help="The batch job's name.")] = (
+        "coffea-hpc"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the job's files only.")] = False,
     wait: Annotated[bool, typer.Option(help="Wait for the job to finish.")] = False,
 ) -> None:
     """Submit the whole run as one batch job that starts workers inside its allocation."""
-    import shlex
+    from coffea_hpc.api import _submit_with
+    from coffea_hpc.options import RunOptions
 
-    from coffea_hpc.errors import UserError
-    from coffea_hpc.sites.submit import render_job, submit_job
-
-    cfg = _site(site, site_file, run_options, account=account, walltime=walltime)
-    if not fileset.exists():
-        raise UserError(f"fileset file {str(fileset)!r} does not exist")
-    args = [processor if not Path(processor.rpartition(":")[0]).exists()
-            else str(Path(processor.rpartition(":")[0]).resolve()) + ":"
-            + processor.rpartition(":")[2],
-            "--fileset", str(fileset.resolve()), "-o", str(output.resolve())]
-    for flag, value in (("--chunksize", chunksize), ("--schema", schema), ("--reduce", reduce)):
-        if value is not None:
-            args += [flag, str(value)]
-    if skip_bad_files:
-        args.append("--skip-bad-files")
-    if resume:
-        args.append("--resume")
-    for option, path in (("--site-file", site_file), ("--run-options", run_options)):
-        if path is not None:
-            args += [option, str(path.resolve())]
-    args += shlex.split(extra)
-    job = render_job(cfg, args, output, nodes=nodes, walltime=walltime)
-    if dry_run:
-        for name, text in job.items():
-            if len(job) > 1:
-                typer.echo(f"# ---- {name}")
+    options = RunOptions.layered(run_options, opt.given(ctx), opt.flag_names(ctx))
+    job = _submit_with(processor, options, extra=extra, job_name=job_name, dry_run=dry_run)
+    if job.record is None:
+        for name, text in job.files.items():
+            typer.echo(f"# ---- {name}")
             typer.echo(text, nl=False)
         return
-    record = submit_job(cfg, job, output)
+    record = job.record
     console.print(f"submitted job {record.job_id} to {record.scheduler} (site {record.site})",
                   highlight=False)
     console.print(f"  script: {record.script}\n  log:    {record.log}\n  output: "
@@ -160,19 +180,9 @@ def submit(
                   f"coffea-hpc logs {record.job_id} -f", highlight=False)
     out.print(record.job_id)
     if wait:
-        _wait(record.job_id)
+        from coffea_hpc.sites.submit import wait as wait_for
 
-
-def _wait(job_id: str) -> None:
-    from coffea_hpc.sites.submit import status as job_status
-
-    while True:
-        state = job_status(job_id)
-        if state.startswith("finished") or state in ("COMPLETED", "FAILED", "CANCELLED",
-                                                     "TIMEOUT", "FINISHED", "REMOVED"):
-            console.print(f"job {job_id}: {state}")
-            return
-        time.sleep(2)
+        console.print(f"job {record.job_id}: {wait_for(record.job_id)}")
 
 
 def status(job_id: Annotated[str, typer.Argument(help="Job id from 'submit'.")]) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from coffea_hpc._yaml import yaml_error_line
 from coffea_hpc.errors import FilesetError
 from coffea_hpc.output import atomic_write
 
@@ -119,10 +120,11 @@ class Fileset(BaseModel):
                 obj = yaml.safe_load(text)
             else:
                 obj = json.loads(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as err:
-            where = f"line {err.lineno}" if isinstance(err, json.JSONDecodeError) else "syntax"
-            raise FilesetError(f"{path}: not valid {path.suffix[1:].upper()} ({where}): "
-                               f"{str(err).splitlines()[0]}") from None
+        except yaml.YAMLError as err:
+            raise FilesetError(yaml_error_line(path, err)) from None
+        except json.JSONDecodeError as err:
+            raise FilesetError(f"{path}: not valid JSON at line {err.lineno}, column "
+                               f"{err.colno}: {err.msg}") from None
         return cls.from_mapping(obj, source=str(path), base_dir=path.parent)
 
     @classmethod

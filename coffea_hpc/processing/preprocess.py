@@ -12,6 +12,7 @@ from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from coffea_hpc._text import count
 from coffea_hpc.backends.protocol import Backend, ErrorPolicy
 from coffea_hpc.data.chunks import aligned_steps, even_steps
 from coffea_hpc.errors import FilesetError
@@ -143,7 +144,7 @@ def preprocess(
                       and not f.error.matches(policy.continue_on)]
         if unreadable:
             raise FilesetError(
-                f"{len(unreadable)} of {len(todo)} files cannot be read (--skip-bad-files "
+                f"{len(unreadable)} of {count(len(todo), 'file')} cannot be read (--skip-bad-files "
                 "goes on without them):" + "".join(f"\n  {_one_line(f)}" for f in unreadable))
     skipped_keys = {f.key for f in skipped}
 

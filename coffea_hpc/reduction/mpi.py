@@ -32,6 +32,7 @@ import numpy as np
 import psutil
 
 from coffea_hpc import output
+from coffea_hpc._text import count
 from coffea_hpc.errors import MergeError
 from coffea_hpc.reduction._spillfile import SPILL_SUFFIX
 from coffea_hpc.reduction.buffers import Slot, fold_buffers, skeleton
@@ -247,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.serve:
             print(STATS + json.dumps(stats.as_dict()), flush=True)
         else:
-            print(f"merged {stats.inputs} partials with {stats.ranks} ranks in "
+            print(f"merged {count(stats.inputs, 'partial')} with {count(stats.ranks, 'rank')} in "
                   f"{stats.wall_time_s:.2f} s -> {output_path}", flush=True)
     return 0
 

@@ -1,7 +1,8 @@
 """Sites: where a run's workers come from, as data.
 
 A site is a YAML file (presets in ``site_configs/``, your own in
-``~/.config/coffea-hpc/sites/``), layered with ``--site-file``, ``--run-options`` and flags,
+``~/.config/coffea-hpc/sites/``), layered with ``--site-file``, the run options'
+``site_config:`` and flags,
 validated (`SiteConfig`), and built into a Parsl configuration (`build_config`).
 """
 
@@ -24,7 +25,7 @@ def site_backend(
     name: str | None,
     *,
     site_file: Path | None = None,
-    run_options: Path | None = None,
+    site_config: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
     inside_allocation: bool = False,
     run_dir: Path | None = None,
@@ -33,7 +34,7 @@ def site_backend(
     overrides = dict(overrides or {})
     site: SiteConfig | None = None
     if name is not None or site_file is not None:
-        site = resolve_site(name, site_file=site_file, run_options=run_options,
+        site = resolve_site(name, site_file=site_file, site_config=site_config,
                             overrides=overrides, require_account=not inside_allocation)
     if inside_allocation:
         site = site_inside(site, detect_allocation())

@@ -1,7 +1,9 @@
 """Finding a site and layering the options people set on it.
 
 Most specific last: the preset shipped in ``site_configs/`` → a site of the same name in
-``~/.config/coffea-hpc/sites/`` → ``--site-file`` → ``--run-options`` → command-line flags.
+``~/.config/coffea-hpc/sites/`` → ``--site-file`` → the ``site_config:`` of the run options
+→ the site flags (``--account``, ``--walltime``, ... from the run options or the command
+line).
 Every layer is a partial YAML mapping with the shape of `SiteConfig`; they are merged key by
 key and validated once, and an invalid value is reported with the file that set it.
 """
@@ -16,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from coffea_hpc._resources import resource_dir
+from coffea_hpc._yaml import read_yaml
 from coffea_hpc.errors import SiteError
 from coffea_hpc.sites.schema import SiteConfig
 
@@ -79,15 +81,17 @@ def resolve_site(
     name: str | None,
     *,
     site_file: str | Path | None = None,
-    run_options: str | Path | None = None,
+    site_config: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
     require_account: bool = True,
+    site_config_source: str = "run options: site_config",
 ) -> SiteConfig:
     """The effective site: all layers merged and validated.
 
+    ``site_config`` is a partial site mapping (a run-options file's ``site_config:``).
     ``require_account=False`` skips the account check (inside an allocation that was
-    already charged to one)."""
-    layers = _layers(name, site_file, run_options, overrides or {})
+    already charged to one, or to show what a preset still needs)."""
+    layers = _layers(name, site_file, (site_config_source, site_config), overrides or {})
     merged: dict[str, Any] = {}
     for layer in layers:
         merged = _merge(merged, layer.data)
@@ -114,7 +118,8 @@ def resolve_site(
     return site
 
 
-def _layers(name: str | None, site_file: str | Path | None, run_options: str | Path | None,
+def _layers(name: str | None, site_file: str | Path | None,
+            site_config: tuple[str, Mapping[str, Any] | None],
             overrides: Mapping[str, Any]) -> list[_Layer]:
     layers: list[_Layer] = []
     if name is not None:
@@ -138,8 +143,9 @@ def _layers(name: str | None, site_file: str | Path | None, run_options: str | P
                         "--site-file FILE")
     if site_file is not None:
         layers.append(_Layer(str(site_file), load_layer(site_file)))
-    if run_options is not None:
-        layers.append(_Layer(str(run_options), load_layer(run_options)))
+    source, extra = site_config
+    if extra:
+        layers.append(_Layer(source, dict(extra)))
     flags: dict[str, Any] = {}
     for key, value in overrides.items():
         if value is None:
@@ -155,12 +161,7 @@ def _layers(name: str | None, site_file: str | Path | None, run_options: str | P
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise SiteError(f"{path}: not valid YAML{line}") from None
+    data = read_yaml(path, SiteError)
     if data is None:
         return {}
     if not isinstance(data, dict):

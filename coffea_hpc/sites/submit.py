@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +34,12 @@ __all__ = [
     "render_job",
     "status",
     "submit_job",
+    "wait",
 ]
+
+
+SIGNAL_LEAD = 120
+"""Seconds before the time limit at which the driver is asked to stop (SIGTERM)."""
 
 
 @dataclass(frozen=True)
@@ -102,8 +108,15 @@ def render_job(
     nodes: int | None = None,
     walltime: str | None = None,
     job_name: str = "coffea-hpc",
+    analysis_dir: Path | None = None,
+    environment: str = "",
 ) -> dict[str, str]:
-    """The files of the job (name -> text): the batch script and, for HTCondor, its wrapper."""
+    """The files of the job (name -> text): the batch script and, for HTCondor, its wrapper.
+
+    The job starts in ``analysis_dir`` (default: here) after the site's setup lines and
+    ``environment`` (shell lines that recreate the submitting Python environment). Where
+    the scheduler can, the driver gets SIGTERM `SIGNAL_LEAD` seconds before the time limit,
+    so it checkpoints and stops its workers before it is killed."""
     scheduler = site.scheduler
     if scheduler == "none":
         raise SiteError(f"site {site.name!r} has no batch system to submit to (provider "
@@ -112,9 +125,11 @@ def render_job(
     output_dir = output_dir.resolve()
     log = output_dir / "submit" / f"{job_name}.log"
     common = {
-        "site": site.name, "job_name": job_name, "workdir": shlex.quote(str(Path.cwd())),
+        "site": site.name, "job_name": job_name,
+        "workdir": shlex.quote(str(analysis_dir or Path.cwd())),
         "log": str(log), "setup": "\n".join(filter(None, [pr.worker_init, sub.setup])),
-        "command": driver_command(site, run_args),
+        "environment": environment, "command": driver_command(site, run_args),
+        "signal_lead": SIGNAL_LEAD,
     }
     wall = walltime or sub.walltime or pr.walltime
     n = nodes or sub.nodes
@@ -135,6 +150,7 @@ def render_job(
         lines = [f"#PBS -{k} {v}" for k, v in (("A", pr.account), ("q", pr.queue)) if v]
         lines += [pr.scheduler_options, sub.directives]
         text = render(SCHEDULERS["pbs"].template, nodes=n, walltime=wall, select=select,
+                      stop_after=f"{_stop_after(wall)}s",
                       directives="\n".join(filter(None, lines)), **common)
         return {"driver.pbs": text}
     script = output_dir / "submit" / "driver.sh"
@@ -148,6 +164,14 @@ def render_job(
                              **common),
         "driver.sh": render("condor/driver.sh", **common),
     }
+
+
+def _stop_after(walltime: str) -> int:
+    """Seconds from the start of a job to the SIGTERM that leaves the driver time to save."""
+    days, _, clock = walltime.rpartition("-")
+    h, m, sec = (int(x) for x in clock.split(":"))
+    total = int(days or 0) * 86400 + h * 3600 + m * 60 + sec
+    return total - SIGNAL_LEAD if total > 2 * SIGNAL_LEAD else max(total // 2, 1)
 
 
 def submit_job(site: SiteConfig, job_files: dict[str, str], output_dir: Path) -> JobRecord:
@@ -202,6 +226,18 @@ def status(job_id: str) -> str:
         text = {"1": "IDLE", "2": "RUNNING", "3": "REMOVED", "4": "COMPLETED",
                 "5": "HELD"}.get(text, text)
     return text or "finished (no longer queued)"
+
+
+def wait(job_id: str, poll: float = 2.0) -> str:
+    """Poll the scheduler until the job has left the queue; its last state."""
+    while True:
+        state = status(job_id)
+        if state.startswith("finished") or state in _FINAL:
+            return state
+        time.sleep(poll)
+
+
+_FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "FINISHED", "REMOVED")
 
 
 def cancel(job_id: str) -> None:

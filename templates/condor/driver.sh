@@ -2,5 +2,6 @@
 # Written by `coffea-hpc submit` for site ${site}: the executable of the HTCondor job.
 set -euo pipefail
 ${setup}
-cd ${workdir}
+${environment}
+cd ${workdir}  # the analysis folder
 exec ${command}

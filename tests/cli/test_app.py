@@ -133,7 +133,7 @@ def test_a_file_that_fails_to_read_stops_the_run_and_says_how_to_go_on(capsys,
          "processor file 'nowhere/ana.py' does not exist"),
         (["run", "coffea_hpc.examples.dimuon:Nope", "-f", "{fileset}"], "has no attribute 'Nope'"),
         (["run", "coffea_hpc.examples.dimuon:DimuonProcessor", "-f", "{fileset}", "-e", "spark"],
-         "unknown executor 'spark'"),
+         "--executor: unknown executor 'spark'; choose one of iterative, futures, parsl, dask"),
         (["run", "coffea_hpc.examples.dimuon:DimuonProcessor", "-f", "{fileset}",
           "--schema", "nosuch"], "unknown schema 'nosuch'"),
         (["run", "coffea_hpc.examples.dimuon:DimuonProcessor", "-f", "{malformed}"],
@@ -161,7 +161,8 @@ def test_user_mistakes_are_one_line(capsys, fileset_path, tmp_path, args, messag
 
 def test_usage_errors_come_from_the_parser(capsys):
     code, text = _run(capsys, "run")
-    assert code == 2 and "Missing argument" in text
+    assert code == 2 and text.startswith("error: missing argument 'processor'") and \
+        "coffea-hpc run --help" in text and len(text.strip().splitlines()) == 1, text
 
 
 def test_console_script_and_demo(tmp_path):

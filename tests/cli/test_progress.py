@@ -30,3 +30,26 @@ def test_a_run_without_workers_says_it_waits_for_them():
     assert "waiting for workers" not in _shown(waiting, running)
     unknown = TaskProgress(total=10, done=3, failed=0, total_weight=100, done_weight=30)
     assert "worker" not in _shown(unknown)
+
+
+def test_failures_show_done_failed_and_retrying_apart():
+    failing = TaskProgress(total=10, done=4, failed=1, total_weight=100, done_weight=40,
+                           retries=3, retrying=2)
+    shown = _shown(failing)
+    assert "5/10" in shown  # the bar counts what is finished, failed or not
+    assert "4 done, 1 failed, 2 retrying, 3 retries" in shown
+    clean = TaskProgress(total=10, done=4, failed=0, total_weight=100, done_weight=40)
+    assert "failed" not in _shown(clean) and "retr" not in _shown(clean)
+
+
+def test_counts_are_singular_when_one():
+    from coffea_hpc.cli.progress import summary_table
+
+    report = {"status": "complete", "datasets": [], "events": 1, "wall_time_s": 1.0,
+              "events_per_s": 1.0, "backend": "iterative", "workers": 1,
+              "failed_chunks": [{}], "skipped_files": [{}, {}]}
+    console = Console(file=io.StringIO(), width=300, record=True)
+    console.print(summary_table(report))
+    text = " ".join(console.export_text().split())  # the caption wraps at the table's width
+    assert "1 event in" in text and "with 1 worker;" in text
+    assert "1 failed chunk," in text and "2 skipped files" in text

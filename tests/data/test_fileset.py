@@ -95,8 +95,9 @@ def test_unreadable_files_name_the_file(tmp_path: Path):
     with pytest.raises(FilesetError, match="does not exist"):
         Fileset.load(tmp_path / "missing.json")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("ds: [a.root\n")
-    with pytest.raises(FilesetError, match=r"bad.yaml: not valid YAML"):
+    bad.write_text("ds:\n  files: [a.root\n  treename: Events\n")
+    with pytest.raises(FilesetError, match=r"bad.yaml: not valid YAML at line 3, column 11: "
+                                           r"expected ',' or '\]'"):
         Fileset.load(bad)
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
@@ -104,7 +105,7 @@ def test_unreadable_files_name_the_file(tmp_path: Path):
         Fileset.load(empty)
     broken = tmp_path / "broken.json"
     broken.write_text('{"ds": ["a.root",]}')
-    with pytest.raises(FilesetError, match=r"broken.json: not valid JSON \(line 1\)"):
+    with pytest.raises(FilesetError, match=r"broken.json: not valid JSON at line 1, column 18"):
         Fileset.load(broken)
 
 

@@ -63,6 +63,10 @@ def slurm_cluster():
         pytest.fail(f"local Slurm did not start: {started.stderr[-2000:]}")
     previous = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(state / "slurm.conf")
+    # job records (~/.local/state/coffea-hpc/jobs, keyed by job id) of this cluster only:
+    # another cluster on this machine numbers its jobs from 1 too
+    previous_state = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(state / "xdg-state")
     try:
         _wait_for_a_job_to_run(state)
         yield state
@@ -70,10 +74,11 @@ def slurm_cluster():
         subprocess.run(["scancel", "--user", str(os.getuid())], check=False,
                        capture_output=True)
         subprocess.run([str(script), "stop", str(state)], check=False, timeout=60)
-        if previous is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = previous
+        for name, value in (("SLURM_CONF", previous), ("XDG_STATE_HOME", previous_state)):
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         shutil.rmtree(state, ignore_errors=True)
 
 

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from coffea_hpc.errors import SiteError
+from coffea_hpc.options import RunOptions
 from coffea_hpc.sites import known_sites, resolve_site
 
 PRESETS = ["local", "local-slurm", "perlmutter-cpu", "perlmutter-gpu", "polaris", "frontier",
@@ -38,14 +39,15 @@ def layers(tmp_path, monkeypatch):
     site_file.write_text(yaml.safe_dump({"provider": {"qos": "from-site-file",
                                                       "walltime": "03:00:00"}}))
     run_options = tmp_path / "run.yaml"
-    run_options.write_text(yaml.safe_dump({"provider": {"walltime": "04:00:00"},
-                                           "executor": {"cores_per_worker": 2}}))
+    run_options.write_text(yaml.safe_dump({"site": "generic-slurm", "site_config": {
+        "provider": {"walltime": "04:00:00"}, "executor": {"cores_per_worker": 2}}}))
     return site_file, run_options
 
 
 def test_layers_apply_most_specific_last(layers):
     site_file, run_options = layers
-    site = resolve_site("generic-slurm", site_file=site_file, run_options=run_options,
+    site_config = RunOptions.layered(run_options).site_config  # a run-options file's layer
+    site = resolve_site("generic-slurm", site_file=site_file, site_config=site_config,
                         overrides={"nodes": 3, "account": None})
     assert site.provider.partition == "from-user-dir"
     assert site.provider.qos == "from-site-file"
@@ -53,7 +55,7 @@ def test_layers_apply_most_specific_last(layers):
     assert site.provider.nodes_per_block == 3
     assert site.executor.cores_per_worker == 2
     assert site.provider.launcher == "srun"  # untouched preset value
-    flagged = resolve_site("generic-slurm", site_file=site_file, run_options=run_options,
+    flagged = resolve_site("generic-slurm", site_file=site_file, site_config=site_config,
                            overrides={"walltime": "00:05:00", "scaleout": 7})
     assert flagged.provider.walltime == "00:05:00" and flagged.provider.max_blocks == 7
 
@@ -111,8 +113,9 @@ def test_a_site_that_needs_an_account_says_so():
 
 def test_broken_yaml_is_one_line(tmp_path):
     bad = tmp_path / "broken.yaml"
-    bad.write_text("provider: [unclosed\n")
-    with pytest.raises(SiteError, match=r"broken\.yaml: not valid YAML line"):
+    bad.write_text("provider:\n  qos: [unclosed\n  walltime: 1\n")
+    with pytest.raises(SiteError, match=r"broken\.yaml: not valid YAML at line 3, column 11: "
+                                        r"expected ',' or '\]'"):
         resolve_site("generic-slurm", site_file=bad)
     with pytest.raises(SiteError, match="does not exist"):
         resolve_site("generic-slurm", site_file=tmp_path / "missing.yaml")

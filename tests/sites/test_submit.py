@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from coffea_hpc.api import captured_environment
 from coffea_hpc.errors import SiteError
 from coffea_hpc.sites import resolve_site
 from coffea_hpc.sites.allocation import detect_allocation, site_inside
@@ -29,7 +30,8 @@ def in_tmp(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", BATCH_PRESETS)
 def test_driver_scripts_match_golden(name, in_tmp):
     site = resolve_site(name, overrides={"account": "ACCOUNT"})
-    files = render_job(site, RUN_ARGS, Path("/out/run"))
+    files = render_job(site, RUN_ARGS, Path("/out/run"), analysis_dir=Path("/home/me/analysis"),
+                       environment=captured_environment({"VIRTUAL_ENV": "/home/me/venv"}))
     for filename, text in files.items():
         text = text.replace(str(in_tmp), "WORKDIR")
         check_golden(f"submit-{name}-{filename}", text)
@@ -47,8 +49,10 @@ def test_directives_follow_the_site(in_tmp):
     slurm = render_job(resolve_site("perlmutter-cpu", overrides={"account": "m1"}), RUN_ARGS,
                        Path("/o"))["driver.sbatch"]
     for line in ("#SBATCH --account=m1", "#SBATCH --constraint=cpu", "#SBATCH --qos=regular",
-                 "#SBATCH --nodes=2"):
+                 "#SBATCH --nodes=1", "#SBATCH --signal=B:TERM@120"):
         assert line in slurm
+    # PBS has no early signal: the driver is stopped by timeout two minutes before the limit
+    assert "exec timeout --signal=TERM 1680s " in text
 
 
 def test_sites_without_a_batch_system_cannot_submit():
@@ -78,3 +82,19 @@ def test_inside_an_allocation_workers_use_its_nodes():
     assert single.executor.loopback
     pbs = site_inside(None, detect_allocation({"PBS_JOBID": "1"}))
     assert pbs.provider.launcher == "mpiexec"
+
+
+def test_the_local_slurm_script_is_perlmutters_apart_from_the_sites_name(in_tmp):
+    """What the Slurm tests run under a real sbatch (local-slurm) is the script a Slurm
+    centre gets: the same lines, apart from the site's name and its own directives."""
+    def script(name: str) -> list[str]:
+        site = resolve_site(name, overrides={"account": "A"})
+        text = render_job(site, RUN_ARGS, Path("/o"), walltime="01:00:00",
+                          environment=captured_environment({"VIRTUAL_ENV": "/v"}))
+        return text["driver.sbatch"].replace(name, "SITE").splitlines()
+
+    local, perlmutter = script("local-slurm"), script("perlmutter-cpu")
+    centre_only = [line for line in perlmutter if line not in local]
+    assert centre_only == ["#SBATCH --qos=regular", "#SBATCH --constraint=cpu"]
+    assert [line for line in perlmutter if line not in centre_only] == local
+    assert script("generic-slurm") == local

@@ -2,5 +2,8 @@
 # Written by `coffea-hpc submit` for site lxplus-condor: the executable of the HTCondor job.
 set -euo pipefail
 source /cvmfs/sft.cern.ch/lcg/views/LCG_107/x86_64-el9-gcc13-opt/setup.sh
-cd WORKDIR
+# the Python environment `coffea-hpc submit` ran from
+export VIRTUAL_ENV=/home/me/venv
+export PATH=/home/me/venv/bin:"$PATH"
+cd /home/me/analysis  # the analysis folder
 exec PYTHON -m coffea_hpc.cli.app run analysis.py:Proc --fileset /data/fileset.json -o /out/run --site lxplus-condor --inside-allocation

@@ -131,7 +131,7 @@ def run(
             remote_storage = getattr(backend, "remote_storage", None)
             spill = reduction.spill_policy(out_dir, remote=remote_storage)
             if remote_storage is not None:  # partials, and their cleanup, are the backend's
-                backend.use_spill_directory(spill.directory)  # type: ignore[union-attr]
+                backend.use_spill_directory(spill.directory, spill.key)  # type: ignore[union-attr]
                 checkpoint.discard = backend.discard  # type: ignore[union-attr]
 
             with stages("preprocessing"):
@@ -147,7 +147,7 @@ def run(
                           "align_clusters": align_clusters})
             if saved is not None:
                 saved.check(checkpoint.provenance)
-                checkpoint.base = saved.load()
+                checkpoint.base = saved.load(spills=None if remote_storage else spill.key)
             chunks = _todo(every_chunk, checkpoint.base)
             per_task = chunks_per_task or auto_chunks_per_task(chunks, backend.workers)
             work = Workload(handle, chunks, schema=schema, chunks_per_task=per_task, spill=spill)

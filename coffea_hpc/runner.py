@@ -106,7 +106,7 @@ def run(
     proc = load_processor(processor) if isinstance(processor, str) else processor
     handle = ProcessorHandle.wrap(proc)
     fs = load_fileset(fileset).limit(files_per_dataset=limit_files)
-    out_dir = files.private_dir(output_dir) if output_dir is not None else None
+    out_dir = files.shared_dir(output_dir) if output_dir is not None else None
     reduction = reduction or Reduction()
     checkpoint_path = out_dir / files.CHECKPOINT_NAME if out_dir else None
     checkpoint = Checkpointer(checkpoint_path, checkpoint_interval, discard=_delete_spilled)

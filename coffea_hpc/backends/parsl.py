@@ -25,6 +25,7 @@ from coffea_hpc.backends._base import PoolBackend, run_element
 from coffea_hpc.backends._watchdog import Watchdog
 from coffea_hpc.backends.protocol import WorkElement
 from coffea_hpc.errors import BackendError
+from coffea_hpc.output import private_dir
 
 __all__ = ["ParslBackend", "local_htex_config", "python_launch_commands"]
 
@@ -79,16 +80,21 @@ def _lean_launch_commands(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def local_htex_config(workers: int | None = None, run_dir: str | Path = "runinfo") -> Any:
-    """A HighThroughputExecutor on this machine, reachable only through loopback."""
+def local_htex_config(workers: int | None = None, run_dir: str | Path = "runinfo", *,
+                      encrypted: bool = True) -> Any:
+    """A HighThroughputExecutor on this machine, reachable only through loopback.
+
+    Encrypted (CurveZMQ) unless told otherwise, here too: loopback keeps other machines
+    out, not other users of this one, and only a worker holding the run's certificate may
+    then connect to the interchange, take tasks (with the run's key) or return results.
+    """
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
     from parsl.launchers import SingleNodeLauncher
     from parsl.providers import LocalProvider
 
     workers = workers or os.cpu_count() or 1
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run_dir = private_dir(run_dir)  # logs and the CurveZMQ certificates: the user's alone
     executor = HighThroughputExecutor(
         label=LOCAL_LABEL,
         address="127.0.0.1",
@@ -96,6 +102,7 @@ def local_htex_config(workers: int | None = None, run_dir: str | Path = "runinfo
         max_workers_per_node=workers,
         cores_per_worker=1,
         heartbeat_period=2,
+        encrypted=encrypted,
         heartbeat_threshold=10,
         provider=LocalProvider(
             init_blocks=1, min_blocks=1, max_blocks=1, launcher=SingleNodeLauncher()
@@ -224,7 +231,7 @@ class ParslBackend(PoolBackend):
             config = local_htex_config(self._workers, run_dir)
         elif self._run_dir is not None:
             config.run_dir = str(self._run_dir)
-        Path(config.run_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(config.run_dir)  # logs and the CurveZMQ certificates: the user's alone
         try:
             self._dfk = DataFlowKernel(config)
         except Exception as err:

@@ -180,7 +180,7 @@ class Fileset(BaseModel):
             text = json.dumps(mapping, indent=1) + "\n"
         else:  # indenting is pure Python in json: 20 s for 10^5 files, 1 s without
             text = json.dumps(mapping) + "\n"
-        with atomic_write(path, mode=0o666) as out:  # a fileset is shared as the umask allows
+        with atomic_write(path, share=True) as out:  # a fileset is shared as its folder is
             out.write(text.encode())
         return path
 

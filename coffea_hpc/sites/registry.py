@@ -104,8 +104,8 @@ def resolve_site(
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = "unknown option"
-        field = ".".join(loc) or "site"
-        raise SiteError(f"site {merged['name']!r} ({where}): {field}: {message}") from None
+        field = f"{'.'.join(loc)}: " if loc else ""  # a rule over several fields names them
+        raise SiteError(f"site {merged['name']!r} ({where}): {field}{message}") from None
     if require_account and site.requires_account and not site.provider.account:
         raise SiteError(
             f"site {site.name!r} needs an account (allocation/project): pass --account NAME "

@@ -204,9 +204,19 @@ def ensure_logged_in() -> Any:
 
 def _sdk_executor(endpoint_id: str, **options: Any) -> Any:
     from globus_compute_sdk import Client, Executor
+    from globus_sdk import GlobusAPIError, GlobusError
 
-    app = ensure_logged_in()
-    return Executor(endpoint_id=endpoint_id, client=Client(app=app), **options)
+    try:
+        app = ensure_logged_in()
+        return Executor(endpoint_id=endpoint_id, client=Client(app=app), **options)
+    except GlobusAPIError as err:  # the service's words can quote the request: not shown
+        raise RemoteEnvironmentError(
+            f"Globus refused the login or the endpoint (HTTP {err.http_status}, {err.code}): "
+            "check 'coffea-hpc globus login', the client identity and --endpoint") from None
+    except GlobusError as err:
+        raise RemoteEnvironmentError(
+            f"cannot reach Globus ({type(err).__name__}): check this machine's network "
+            "connection to globus.org") from None
 
 
 class GlobusBackend(PoolBackend):

@@ -11,6 +11,7 @@ one place only: the job script the dry-run was asked to print.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -32,10 +33,8 @@ def _readable(path: Path) -> list[bytes]:
     texts = [data]
     if path.suffix == ".coffea":
         start = data.find(b"\x04\x22\x4d\x18")  # the LZ4 frame, after a checkpoint's header
-        try:
+        with contextlib.suppress(RuntimeError):
             texts.append(lz4.frame.decompress(data[max(start, 0):]))
-        except RuntimeError:
-            pass
     return texts
 
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from coffea_hpc._resources import resource_dir
+from coffea_hpc._textfile import TextFileError, read_data
 from coffea_hpc.errors import SiteError
 from coffea_hpc.sites.schema import SiteConfig
 
@@ -156,11 +156,11 @@ def _layers(name: str | None, site_file: str | Path | None, run_options: str | P
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise SiteError(f"{path}: not valid YAML{line}") from None
+        data = read_data(path, yaml_format=True)
+    except TextFileError as err:
+        raise SiteError(f"{path}: {err}") from None
+    except OSError as err:
+        raise SiteError(f"{path}: cannot be read ({err.strerror})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -9,7 +9,7 @@ messages that name the field; `coffea_hpc.sites.build` turns a valid site into P
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -19,6 +19,8 @@ ExecutorType = Literal["htex", "mpi", "taskvine", "workqueue", "globus", "thread
 ProviderType = Literal["slurm", "pbspro", "condor", "local"]
 LauncherType = Literal["srun", "mpiexec", "single-node", "simple"]
 
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$"
+"""Site names go into job scripts and file names: no path steps, spaces or line breaks."""
 _WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}:\d{2}$")
 DEFAULT_LAUNCHERS: dict[str, LauncherType] = {
     "slurm": "srun", "pbspro": "mpiexec", "condor": "single-node", "local": "single-node",
@@ -158,10 +160,10 @@ class SubmitSpec(_Strict):
 class SiteConfig(_Strict):
     """A complete site: one executor, one provider, and how to submit a driver there."""
 
-    name: str
+    name: str = Field(pattern=_NAME, description="letters, digits and . _ @ + -")
     description: str = ""
     docs: str = ""
-    aliases: tuple[str, ...] = ()
+    aliases: tuple[Annotated[str, Field(pattern=_NAME)], ...] = ()
     requires_account: bool = False
     executor: ExecutorSpec = ExecutorSpec()
     provider: ProviderSpec = ProviderSpec()

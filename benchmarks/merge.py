@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,14 +46,20 @@ def make_partials(folder: Path, n: int, mb: float, categories: str = "shuffled")
     partial lists all labels in one order, so every merge adds buffers directly."""
     import hist
 
-    from coffea_hpc.reduction._spillfile import SPILL_SUFFIX, write_spill_file
+    from coffea_hpc.reduction._spillfile import SPILL_SUFFIX, check_spill_file, write_spill_file
     from coffea_hpc.reduction.buffers import raw_view
 
     folder.mkdir(parents=True, exist_ok=True)
+    key = _key([folder / "x"])
     n_pt = max(int(853 * mb / 53), 10)  # 2 x 19 x 855 x 102 bins x 16 bytes: 53 MB
     paths = []
     for i in range(n):
         path = folder / f"partial-{i:03d}{SPILL_SUFFIX}"
+        if path.exists():
+            try:
+                check_spill_file(path, key)
+            except ValueError:  # another key, or an older format: written afresh
+                path.unlink()
         if not path.exists():
             rng = np.random.default_rng(i)
             if categories == "shuffled":
@@ -71,9 +78,16 @@ def make_partials(folder: Path, n: int, mb: float, categories: str = "shuffled")
             values = np.zeros(view.size // 2)
             values[mask] = rng.exponential(1.0, mask.sum())
             view[0::2], view[1::2] = values, values * 0.1
-            write_spill_file({"pt_eta": h, "n": i}, path)
+            write_spill_file({"pt_eta": h, "n": i}, path, key)
         paths.append(path)
     return paths
+
+
+def _key(paths: list[Path]) -> Any:
+    """The key the partials are signed with, kept beside them as a run keeps its own."""
+    from coffea_hpc._signing import RunKey
+
+    return RunKey.of(paths[0].parent)
 
 
 def _rss() -> int:
@@ -89,7 +103,7 @@ def method_serial(paths: list[Path], out: Path) -> dict:
 
     base = _rss()
     start = time.perf_counter()
-    total = merge_stream(paths)
+    total = merge_stream(paths, _key(paths))
     output.save(total, out)
     wall = time.perf_counter() - start
     peak = peak_rss()
@@ -106,7 +120,8 @@ def method_naive(paths: list[Path], out: Path) -> dict:
 
     base = _rss()
     start = time.perf_counter()
-    values = [load_spilled(p) for p in paths]
+    key = _key(paths)
+    values = [load_spilled(p, key) for p in paths]
     total = accumulate(values)
     output.save(total, out)
     wall = time.perf_counter() - start
@@ -124,11 +139,12 @@ def method_tree(paths: list[Path], out: Path, workers: int = 2, fan_in: int = 8)
     from coffea_hpc.reduction.spill import SpilledRef, load_spilled
 
     spill_dir = out.parent / "tree-spill"
+    key = _key(paths)
     refs = [SpilledRef(str(p), p.stat().st_size) for p in paths]
     first = True
     with FuturesBackend(workers) as backend:
         # start the workers and let them import, so their baseline can be read
-        warm = [backend.submit(MergeSpilled((), str(spill_dir), delete_inputs=False))
+        warm = [backend.submit(MergeSpilled((), str(spill_dir), key, delete_inputs=False))
                 for _ in range(workers)]
         for f in warm:
             f.result()
@@ -138,13 +154,14 @@ def method_tree(paths: list[Path], out: Path, workers: int = 2, fan_in: int = 8)
         start = time.perf_counter()
         while len(refs) > 1:
             groups = [tuple(refs[i:i + fan_in]) for i in range(0, len(refs), fan_in)]
-            futures = [backend.submit(MergeSpilled(g, str(spill_dir), delete_inputs=not first))
+            futures = [backend.submit(MergeSpilled(g, str(spill_dir), key,
+                                                    delete_inputs=not first))
                        for g in groups]
             refs = [f.result().value for f in futures]
             first = False
         wall = time.perf_counter() - start
         sampler.stop()
-    output.save(load_spilled(refs[0]), out)  # outside the timed region: a format change
+    output.save(load_spilled(refs[0], key), out)  # outside the timed region: a format change
     shutil.rmtree(spill_dir, ignore_errors=True)
     return {"wall_s": wall, "peak_above_base_mb_per_worker": round(
         (sampler.peak - baseline) / 1e6, 1)}
@@ -200,7 +217,7 @@ def method_mpi(paths: list[Path], out: Path, ranks: int, started: bool) -> dict:
             if not job.ready(timeout=120):
                 raise RuntimeError("the MPI merge job did not start")
             start = time.perf_counter()
-        stats = job.merge(paths, out)
+        stats = job.merge(paths, out, key=_key(paths))
         wall = time.perf_counter() - start
     above = [p - b for p, b in zip(stats.extra["peak_rss_per_rank"],
                                    stats.extra.get("baseline_rss_per_rank", []), strict=False)]

@@ -34,7 +34,6 @@ import math
 import os
 import pickletools
 import re
-import secrets
 import socket
 import struct
 import threading
@@ -49,6 +48,7 @@ import cloudpickle
 import lz4.frame
 
 from coffea_hpc import output as files
+from coffea_hpc._signing import KEY_NAME, RUN_DIR_NAME, RunKey
 from coffea_hpc.data.chunks import Chunk
 from coffea_hpc.data.fileset import Fileset
 from coffea_hpc.errors import UserError
@@ -69,8 +69,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RUN_DIR_NAME = ".coffea-hpc"
-KEY_NAME = "key"
 LOCK_NAME = "lock"
 
 _HEADER_SIZE = 4096
@@ -220,27 +218,8 @@ def _describe_chunking(saved: Mapping[str, Any], now: Mapping[str, Any]) -> str:
 
 
 def _key(out_dir: Path, *, create: bool) -> bytes | None:
-    path = Path(out_dir) / RUN_DIR_NAME / KEY_NAME
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        if not create:
-            return None
-    folder = run_dir(out_dir)
-    tmp = folder / f".{KEY_NAME}.{os.getpid()}.{secrets.token_hex(4)}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(secrets.token_bytes(32))
-            out.flush()
-            os.fsync(out.fileno())
-        with contextlib.suppress(FileExistsError):  # another process made one first: use it
-            os.link(tmp, path)
-    except OSError as err:
-        raise _naming(err, path) from err
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path.read_bytes()
+    key = RunKey.of(out_dir, create=create)
+    return None if key is None else key.secret
 
 
 def _naming(err: OSError, path: Path) -> OSError:
@@ -311,7 +290,9 @@ class SavedCheckpoint:
             self.close()
             raise UserError(changes)
 
-    def load(self) -> Result:
+    def load(self, *, spills: RunKey | None = None) -> Result:
+        """The result; with ``spills``, the partials it refers to (spill files) are checked
+        to be signed with that key before the run relies on them."""
         try:
             self._file.seek(_HEADER_SIZE)
             with lz4.frame.open(self._file, "rb") as src:
@@ -320,6 +301,19 @@ class SavedCheckpoint:
             self._file.close()
         if not isinstance(loaded, Result):  # verified, so written by a coffea-hpc run
             raise UserError(f"{self.path} is not a coffea-hpc checkpoint")
+        if spills is not None:
+            from coffea_hpc.errors import MergeError
+            from coffea_hpc.reduction.spill import SpilledRef, SpillSet, check_spilled
+
+            value = loaded.value
+            refs = (value,) if isinstance(value, SpilledRef) else (
+                value.refs if isinstance(value, SpillSet) else ())
+            try:
+                check_spilled(refs, spills)
+            except MergeError as err:
+                raise UserError(f"the checkpoint {self.path} refers to a partial that cannot "
+                                f"be trusted ({err}): rerun without --resume to start "
+                                "afresh") from None
         log.info("resuming from %s (%d entries done)", self.path, loaded.processed.n_entries)
         return loaded
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from coffea_hpc._yaml import read_yaml
+from coffea_hpc._textfile import read_yaml
 from coffea_hpc.errors import UserError
 
 __all__ = ["EXECUTORS", "SITE_KEYS", "RunOptions", "load_run_options"]

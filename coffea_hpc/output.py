@@ -3,8 +3,16 @@
 ``output.coffea`` is coffea's own save format (lz4-compressed cloudpickle), so
 ``coffea.util.load`` and existing plotting scripts read it unchanged. Every file is written
 to a temporary name beside it and renamed (`atomic_write`), so a killed driver or a full disk
-never leaves half a file or a stray temporary behind, and run directories are created
-private to the user (mode 700): they may hold analysis results before publication.
+never leaves half a file or a stray temporary behind.
+
+Results are for sharing, secrets are not. The output directory (`shared_dir`) is created as
+the user's umask says, and an existing one keeps its mode, group and setgid bit;
+``output.coffea``, ``report.json`` and ``prepared.json`` (``share=True``) follow the umask
+too. A group's directory (setgid, as project file systems set them up) says more than a
+umask: what is made in it takes its group and is readable by the group as far as the
+directory is, even under umask 077. What must stay the user's alone is private
+whatever the umask: the run folder ``.coffea-hpc`` (key, lock, certificates), spill folders,
+submit scripts (`private_dir`, mode 700) and checkpoints (mode 600).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +31,7 @@ import cloudpickle
 import lz4.frame
 
 __all__ = ["OUTPUT_NAME", "REPORT_NAME", "RemoteOutput", "atomic_write", "load", "private_dir",
-           "save", "write_json"]
+           "save", "shared_dir", "write_json"]
 
 OUTPUT_NAME = "output.coffea"
 REPORT_NAME = "report.json"
@@ -39,27 +48,83 @@ class RemoteOutput:
 
 
 def private_dir(path: str | Path) -> Path:
-    """Create ``path`` (and parents) with owner-only permissions on the last level."""
+    """Create ``path`` (and parents) with owner-only permissions on the last level; an
+    existing one is made private, and refused if it belongs to someone else (who could
+    then read or plant what goes in it)."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if hasattr(os, "getuid"):
+        st = path.stat()
+        if st.st_uid != os.getuid():
+            from coffea_hpc.errors import UserError
+
+            raise UserError(f"{path} belongs to another user (uid {st.st_uid}): coffea-hpc "
+                            "keeps private files there; remove it or choose another directory")
     os.chmod(path, 0o700)
     return path
 
 
+def shared_dir(path: str | Path) -> Path:
+    """Create ``path`` (and parents) for results: as the umask says; inside a group's
+    (setgid) directory also open to that group as far as the directory is, with its group and
+    setgid bit. An existing directory is left as it is (mode, group, setgid bit)."""
+    path = Path(path)
+    missing = []
+    here = path
+    while not here.exists() and here.parent != here:
+        missing.append(here)
+        here = here.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:  # made by another process meanwhile: it is theirs to set
+            continue
+        parent = folder.parent.stat().st_mode
+        mode = 0o777 & ~_umask()
+        if parent & stat.S_ISGID:  # a group's directory: its group may enter, as the parent
+            mode |= stat.S_ISGID | (parent & 0o050)
+        os.chmod(folder, mode)
+    if not path.is_dir():
+        path.mkdir()  # the error a file in the way gives
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _shared_mode(folder: Path) -> tuple[int, int | None]:
+    """The mode and group of a result written into ``folder``: as the umask allows; in a
+    group's (setgid) directory also readable by the group if the directory is, so a strict
+    umask does not lock collaborators out of results, and owned by that group."""
+    st = folder.stat()
+    mode = 0o666 & ~_umask()
+    if not st.st_mode & stat.S_ISGID:
+        return mode, None
+    return mode | (st.st_mode & 0o040), st.st_gid
+
+
 @contextlib.contextmanager
-def atomic_write(path: str | Path, *, mode: int = 0o600) -> Iterator[IO[bytes]]:
+def atomic_write(path: str | Path, *, mode: int = 0o600,
+                 share: bool = False) -> Iterator[IO[bytes]]:
     """A file that appears at ``path`` whole, or not at all.
 
     What is written goes to a temporary file beside ``path`` (created with ``mode``, less
-    the umask), is flushed to the disk and renamed over ``path``; if anything fails the
-    temporary file is removed and ``path`` keeps what it held. An `OSError` names ``path``
-    itself: the one line a full disk gives should say which output, not a temporary name.
+    the umask; with ``share``, readable as its folder is, see `_shared_mode`), is flushed
+    to the disk and renamed over ``path``; if anything fails the temporary file is removed
+    and ``path`` keeps what it held. An `OSError` names ``path`` itself: the one line a full
+    disk gives should say which output, not a temporary name.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                     0o600 if share else mode)
         try:
+            if share:
+                _share(fd, path.parent)
             with os.fdopen(fd, "wb") as out:
                 yield out
                 out.flush()
@@ -74,13 +139,22 @@ def atomic_write(path: str | Path, *, mode: int = 0o600) -> Iterator[IO[bytes]]:
         raise OSError(err.errno, err.strerror, str(path)) from err
 
 
-def save(obj: Any, path: str | Path) -> Path:
-    """Write ``obj`` in coffea's format, atomically."""
+def _share(fd: int, folder: Path) -> None:
+    mode, group = _shared_mode(folder)
+    if group is not None and os.fstat(fd).st_gid != group:
+        with contextlib.suppress(OSError):  # only a member of that group may give it
+            os.fchown(fd, -1, group)
+    os.fchmod(fd, mode)
+
+
+def save(obj: Any, path: str | Path, *, share: bool = True) -> Path:
+    """Write ``obj`` in coffea's format, atomically; a result to share (`atomic_write`)
+    unless ``share`` is false."""
     path = Path(path)
     # coffea.util.save writes exactly this (an lz4 frame around one cloudpickle, through
     # fsspec); written here directly because importing coffea.util (awkward, uproot, fsspec)
     # costs ~0.6 s in every merge task and MPI rank
-    with atomic_write(path) as raw, lz4.frame.open(raw, "wb") as out:
+    with atomic_write(path, share=share) as raw, lz4.frame.open(raw, "wb") as out:
         cloudpickle.dump(obj, _SlicedWriter(out))
     return path
 
@@ -111,11 +185,11 @@ def load(path: str | Path) -> Any:
         return cloudpickle.load(src)
 
 
-def write_json(obj: Any, path: str | Path) -> Path:
+def write_json(obj: Any, path: str | Path, *, share: bool = True) -> Path:
     """Write ``obj`` as JSON, atomically (a report is read while the run goes on)."""
     path = Path(path)
     text = json.dumps(obj, indent=1, default=_jsonable) + "\n"
-    with atomic_write(path) as out:
+    with atomic_write(path, share=share) as out:
         out.write(text.encode())
     return path
 

@@ -109,7 +109,7 @@ def run(
     proc = load_processor(processor) if isinstance(processor, str) else processor
     handle = ProcessorHandle.wrap(proc)
     fs = load_fileset(fileset).limit(files_per_dataset=limit_files)
-    out_dir = files.private_dir(output_dir) if output_dir is not None else None
+    out_dir = files.shared_dir(output_dir) if output_dir is not None else None
     reduction = reduction or Reduction()
     checkpoint_path = out_dir / files.CHECKPOINT_NAME if out_dir else None
     checkpoint = Checkpointer(checkpoint_path, checkpoint_interval, discard=_delete_spilled)
@@ -134,7 +134,7 @@ def run(
             remote_storage = getattr(backend, "remote_storage", None)
             spill = reduction.spill_policy(out_dir, remote=remote_storage)
             if remote_storage is not None:  # partials, and their cleanup, are the backend's
-                backend.use_spill_directory(spill.directory)  # type: ignore[union-attr]
+                backend.use_spill_directory(spill.directory, spill.key)  # type: ignore[union-attr]
                 checkpoint.discard = backend.discard  # type: ignore[union-attr]
 
             with stages("preprocessing"):
@@ -150,7 +150,7 @@ def run(
                           "align_clusters": align_clusters})
             if saved is not None:
                 saved.check(checkpoint.provenance)
-                checkpoint.base = saved.load()
+                checkpoint.base = saved.load(spills=None if remote_storage else spill.key)
             chunks = _todo(every_chunk, checkpoint.base)
             per_task = chunks_per_task or auto_chunks_per_task(chunks, backend.workers)
             work = Workload(handle, chunks, schema=schema, chunks_per_task=per_task, spill=spill)

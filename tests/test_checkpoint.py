@@ -516,9 +516,9 @@ def fill(disk: Path, leave_pages: int) -> Path:
 
 
 @pytest.mark.parametrize("pages, fails", [
-    (0, ".coffea-hpc/lock"), (1, "prepared.json"), (2, ".coffea-hpc/key"),
+    (0, ".coffea-hpc/lock"), (1, ".coffea-hpc/key"), (2, "prepared.json"),
     (3, "checkpoint.coffea"), (6, "checkpoint.coffea"),
-], ids=["lock", "prepared", "key", "first-checkpoint", "later-checkpoint"])
+], ids=["lock", "key", "prepared", "first-checkpoint", "later-checkpoint"])
 def test_a_full_disk_is_one_line_and_rerun_with_resume_completes(fileset_path, tmp_path,
                                                                  small_disk, pages, fails):
     """With that many pages free, writing that file fails first (six pages: a later

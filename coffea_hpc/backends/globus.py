@@ -21,7 +21,10 @@ service in the middle, and its limits:
   the error policy retries it (a fixed deadline per task would fail the thousands of tasks
   that simply wait their turn in a long run);
 - credentials are the SDK's own (its login flow and token storage); nothing here reads,
-  prints or logs a token.
+  prints or logs a token;
+- what comes back is sealed on the endpoint with the run's key (which travels with each task)
+  and unpickled here only if its tag verifies, and spilled partials on the endpoint's storage
+  are signed the same way: a result or file that did not come from this run is refused.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Any
 
 import cloudpickle
 
+from coffea_hpc._signing import RunKey
 from coffea_hpc.backends._base import PoolBackend
 from coffea_hpc.backends.protocol import WorkElement
 from coffea_hpc.errors import RemoteEnvironmentError, UserError
@@ -94,38 +98,86 @@ def remote_delete(paths: list[str]) -> int:
     return removed
 
 
-def run_capped(element: WorkElement, remote_dir: str, max_result_bytes: int) -> Any:
-    """Run ``element`` on the endpoint; spill its value there if the result is too big."""
+_RESULT = b"globus-result"
+"""What a sealed result is for: its tag cannot pass for a spill file's or a checkpoint's."""
+
+
+def run_capped(element: WorkElement, remote_dir: str, max_result_bytes: int,
+               key: RunKey) -> bytes:
+    """Run ``element`` on the endpoint; spill its value there if the result is too big.
+    The result comes back sealed with ``key``."""
     result = element()
     if not isinstance(result, Result) or result.value is None:
-        return result
-    if len(cloudpickle.dumps(result)) <= max_result_bytes:
-        return result
+        return key.seal(cloudpickle.dumps(result), _RESULT)
+    payload = cloudpickle.dumps(result)
+    if len(payload) <= max_result_bytes:
+        return key.seal(payload, _RESULT)
     from coffea_hpc.reduction.spill import spill
 
-    result.value = spill(result.value, _expand(remote_dir))
-    return result
+    result.value = spill(result.value, _expand(remote_dir), key)
+    return key.seal(cloudpickle.dumps(result), _RESULT)
 
 
 def remote_finish(value: Any, remote_dir: str, max_result_bytes: int,
-                  processor: Any) -> Any:
+                  processor: Any, key: RunKey) -> bytes:
     """Merge spilled partials on the endpoint; bring the sum back if it fits, else write the
-    postprocessed output there and return where it is."""
+    postprocessed output there and return where it is (sealed with ``key``)."""
     from coffea_hpc import output
     from coffea_hpc.processing.processor import postprocess
     from coffea_hpc.reduction.merge import resolve
 
-    merged = resolve(value, delete=True)
-    if len(cloudpickle.dumps(merged)) <= max_result_bytes:
+    merged = resolve(value, key, delete=True)
+    payload = cloudpickle.dumps(merged)
+    if len(payload) <= max_result_bytes:
         for leftover in Path(_expand(remote_dir)).glob("partial-*"):
             leftover.unlink(missing_ok=True)  # orphans of merges cut short in earlier attempts
-        return merged
+        return key.seal(payload, _RESULT)
     final = postprocess(processor.load(), merged)
     directory = output.private_dir(_expand(remote_dir))
     for leftover in directory.glob("partial-*"):
         leftover.unlink(missing_ok=True)
     path = output.save(final, directory / output.OUTPUT_NAME)
-    return RemoteOutput(str(path), path.stat().st_size)
+    return key.seal(cloudpickle.dumps(RemoteOutput(str(path), path.stat().st_size)), _RESULT)
+
+
+class UnverifiedResult(RemoteEnvironmentError):
+    """A result that does not verify with the run's key; it was not unpickled."""
+
+
+def _open_result(sealed: Any, key: RunKey, endpoint_id: str) -> Any:
+    payload = key.open(sealed, _RESULT)
+    if payload is None:
+        raise UnverifiedResult(f"a result from endpoint {endpoint_id} is not sealed with this "
+                               "run's key: refusing to unpickle it")
+    return cloudpickle.loads(payload)
+
+
+class _Opened(Future):
+    """The result of ``inner``, opened (`_open_result`) once it arrives; cancelling it
+    cancels ``inner``."""
+
+    def __init__(self, inner: Future, key: RunKey, endpoint_id: str) -> None:
+        super().__init__()
+        self._inner = inner
+        inner.add_done_callback(lambda done: self._arrived(done, key, endpoint_id))
+
+    def _arrived(self, inner: Future, key: RunKey, endpoint_id: str) -> None:
+        with contextlib.suppress(InvalidStateError):
+            if inner.cancelled():
+                super().cancel()
+            elif inner.exception() is not None:
+                self.set_exception(inner.exception())
+            else:
+                try:
+                    value = _open_result(inner.result(), key, endpoint_id)
+                except Exception as err:
+                    self.set_exception(err)
+                else:
+                    self.set_result(value)
+
+    def cancel(self) -> bool:
+        self._inner.cancel()
+        return super().cancel()
 
 
 def _expand(path: str) -> str:
@@ -152,9 +204,19 @@ def ensure_logged_in() -> Any:
 
 def _sdk_executor(endpoint_id: str, **options: Any) -> Any:
     from globus_compute_sdk import Client, Executor
+    from globus_sdk import GlobusAPIError, GlobusError
 
-    app = ensure_logged_in()
-    return Executor(endpoint_id=endpoint_id, client=Client(app=app), **options)
+    try:
+        app = ensure_logged_in()
+        return Executor(endpoint_id=endpoint_id, client=Client(app=app), **options)
+    except GlobusAPIError as err:  # the service's words can quote the request: not shown
+        raise RemoteEnvironmentError(
+            f"Globus refused the login or the endpoint (HTTP {err.http_status}, {err.code}): "
+            "check 'coffea-hpc globus login', the client identity and --endpoint") from None
+    except GlobusError as err:
+        raise RemoteEnvironmentError(
+            f"cannot reach Globus ({type(err).__name__}): check this machine's network "
+            "connection to globus.org") from None
 
 
 class GlobusBackend(PoolBackend):
@@ -204,6 +266,7 @@ class GlobusBackend(PoolBackend):
         self._factory = executor_factory or _sdk_executor
         self._executor: Any = None
         self._watchdog = _Watchdog(task_timeout) if task_timeout else None
+        self._key = RunKey.ephemeral()
 
     @classmethod
     def from_site(cls, site: Any, *, run_dir: Path | None = None) -> GlobusBackend:
@@ -222,9 +285,12 @@ class GlobusBackend(PoolBackend):
         large batches and queue on the endpoint, not one per returned result."""
         return None
 
-    def use_spill_directory(self, directory: str) -> None:
-        """The run's own folder under ``remote_dir``: spills and the output go there."""
+    def use_spill_directory(self, directory: str, key: RunKey | None = None) -> None:
+        """The run's own folder under ``remote_dir``: spills and the output go there, signed
+        with ``key`` (the output directory's, so that a resumed run can verify them)."""
         self._run_dir = directory
+        if key is not None:
+            self._key = key
 
     def discard(self, values: list[Any]) -> None:
         """Delete merged-away spilled partials on the endpoint (no need to wait)."""
@@ -237,10 +303,12 @@ class GlobusBackend(PoolBackend):
             self._executor.submit(remote_delete, paths)
 
     def submit(self, element: WorkElement) -> Future:
-        args = (element, self._run_dir, self.max_result_bytes)
+        args = (element, self._run_dir, self.max_result_bytes, self._key)
         self._fit_batches(wire_size(args), element)
         future = self._executor.submit(run_capped, *args)
-        return self._watchdog.watch(future) if self._watchdog else future
+        if self._watchdog:
+            future = self._watchdog.watch(future)
+        return _Opened(future, self._key, self.endpoint_id)
 
     def _fit_batches(self, size: int, element: WorkElement) -> None:
         """Lower the executor's batch size so that a full batch of the heaviest task seen
@@ -268,8 +336,8 @@ class GlobusBackend(PoolBackend):
         if not isinstance(value, SpilledRef | SpillSet):
             return value
         future = self._executor.submit(remote_finish, value, self._run_dir,
-                                       self.max_result_bytes, processor)
-        return future.result()
+                                       self.max_result_bytes, processor, self._key)
+        return _open_result(future.result(), self._key, self.endpoint_id)
 
     def _start(self) -> None:
         self._executor = self._factory(endpoint_id=self.endpoint_id, **self._options)

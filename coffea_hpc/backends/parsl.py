@@ -25,12 +25,20 @@ from coffea_hpc.backends._base import PoolBackend, run_element
 from coffea_hpc.backends._watchdog import Watchdog
 from coffea_hpc.backends.protocol import WorkElement
 from coffea_hpc.errors import BackendError
+from coffea_hpc.output import private_dir
 
 __all__ = ["ParslBackend", "local_htex_config", "python_launch_commands"]
 
 log = logging.getLogger(__name__)
 
 LOCAL_LABEL = "coffea-hpc-local"
+
+
+_QUIET_INTERCHANGE = (
+    "import logging, runpy; logging.raiseExceptions = False; "
+    "runpy.run_module('parsl.executors.high_throughput.interchange', run_name='__main__')")
+"""Parsl's interchange, whose log file stops quietly when it cannot be written: it shares
+the driver's terminal, and on a full disk each of its records printed a traceback there."""
 
 
 def python_launch_commands() -> dict[str, Any]:
@@ -44,8 +52,7 @@ def python_launch_commands() -> dict[str, Any]:
 
     pool = f"{sys.executable} -m parsl.executors.high_throughput.process_worker_pool"
     return {
-        "interchange_launch_cmd": [sys.executable, "-m",
-                                   "parsl.executors.high_throughput.interchange"],
+        "interchange_launch_cmd": [sys.executable, "-c", _QUIET_INTERCHANGE],
         "launch_cmd": DEFAULT_LAUNCH_CMD.replace("process_worker_pool.py", pool, 1),
     }
 
@@ -79,16 +86,21 @@ def _lean_launch_commands(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def local_htex_config(workers: int | None = None, run_dir: str | Path = "runinfo") -> Any:
-    """A HighThroughputExecutor on this machine, reachable only through loopback."""
+def local_htex_config(workers: int | None = None, run_dir: str | Path = "runinfo", *,
+                      encrypted: bool = True) -> Any:
+    """A HighThroughputExecutor on this machine, reachable only through loopback.
+
+    Encrypted (CurveZMQ) unless told otherwise, here too: loopback keeps other machines
+    out, not other users of this one, and only a worker holding the run's certificate may
+    then connect to the interchange, take tasks (with the run's key) or return results.
+    """
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
     from parsl.launchers import SingleNodeLauncher
     from parsl.providers import LocalProvider
 
     workers = workers or os.cpu_count() or 1
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run_dir = private_dir(run_dir)  # logs and the CurveZMQ certificates: the user's alone
     executor = HighThroughputExecutor(
         label=LOCAL_LABEL,
         address="127.0.0.1",
@@ -96,6 +108,7 @@ def local_htex_config(workers: int | None = None, run_dir: str | Path = "runinfo
         max_workers_per_node=workers,
         cores_per_worker=1,
         heartbeat_period=2,
+        encrypted=encrypted,
         heartbeat_threshold=10,
         provider=LocalProvider(
             init_blocks=1, min_blocks=1, max_blocks=1, launcher=SingleNodeLauncher()
@@ -224,7 +237,7 @@ class ParslBackend(PoolBackend):
             config = local_htex_config(self._workers, run_dir)
         elif self._run_dir is not None:
             config.run_dir = str(self._run_dir)
-        Path(config.run_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(config.run_dir)  # logs and the CurveZMQ certificates: the user's alone
         try:
             self._dfk = DataFlowKernel(config)
         except Exception as err:

@@ -14,9 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from coffea_hpc._yaml import yaml_error_line
+from coffea_hpc._textfile import TextFileError, read_data
 from coffea_hpc.errors import FilesetError
 from coffea_hpc.output import atomic_write
 
@@ -76,6 +83,18 @@ class Dataset(BaseModel):
     files: tuple[File, ...]
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        """Names reach reports, logs and file names: DAS paths (``/DY.../NANOAODSIM``) are
+        fine, parent-directory steps and control characters (a line break that forges a
+        log line) are not."""
+        if any(ord(c) < 32 or ord(c) == 127 for c in name):
+            raise ValueError(f"dataset name {name!r} holds control characters")
+        if any(part in (".", "..") for part in name.replace("\\", "/").split("/")):
+            raise ValueError(f"dataset name {name!r} holds '.' or '..' path steps")
+        return name
+
 
 class Fileset(BaseModel):
     """Datasets by name. Build one with `Fileset.from_mapping` or `Fileset.load`."""
@@ -114,17 +133,12 @@ class Fileset(BaseModel):
         path = Path(path)
         if not path.is_file():
             raise FilesetError(f"fileset file {str(path)!r} does not exist")
-        text = path.read_text()
         try:
-            if path.suffix.lower() in {".yaml", ".yml"}:
-                obj = yaml.safe_load(text)
-            else:
-                obj = json.loads(text)
-        except yaml.YAMLError as err:
-            raise FilesetError(yaml_error_line(path, err)) from None
-        except json.JSONDecodeError as err:
-            raise FilesetError(f"{path}: not valid JSON at line {err.lineno}, column "
-                               f"{err.colno}: {err.msg}") from None
+            obj = read_data(path, yaml_format=path.suffix.lower() in {".yaml", ".yml"})
+        except TextFileError as err:
+            raise FilesetError(f"{path}: {err}") from None
+        except OSError as err:
+            raise FilesetError(f"{path}: cannot be read ({err.strerror})") from None
         return cls.from_mapping(obj, source=str(path), base_dir=path.parent)
 
     @classmethod
@@ -182,7 +196,7 @@ class Fileset(BaseModel):
             text = json.dumps(mapping, indent=1) + "\n"
         else:  # indenting is pure Python in json: 20 s for 10^5 files, 1 s without
             text = json.dumps(mapping) + "\n"
-        with atomic_write(path, mode=0o666) as out:  # a fileset is shared as the umask allows
+        with atomic_write(path, share=True) as out:  # a fileset is shared as its folder is
             out.write(text.encode())
         return path
 

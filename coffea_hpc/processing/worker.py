@@ -205,11 +205,11 @@ def process_chunks(
                 _OLD_GARBAGE.after_chunk(builder().closed)
             if spill is not None and spill.threshold > 0 and acc.value is not None \
                     and serialized_size(acc.value) >= spill.threshold:
-                spilled.append(spill_value(acc.value, spill.directory))
+                spilled.append(spill_value(acc.value, spill.directory, spill.key))
                 acc.value, acc._owned = None, False
     if spill is not None and acc.value is not None \
             and serialized_size(acc.value) >= spill.threshold:
-        spilled.append(spill_value(acc.value, spill.directory))
+        spilled.append(spill_value(acc.value, spill.directory, spill.key))
         acc.value = None
     if spilled:
         acc.value = SpillSet(tuple(spilled), acc.value)

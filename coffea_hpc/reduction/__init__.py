@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from coffea_hpc._signing import RunKey
 from coffea_hpc.errors import MergeError
 from coffea_hpc.reduction._spillfile import SPILL_SUFFIX
 from coffea_hpc.reduction.merge import MergeStats, merge_serial, merge_stream, resolve
@@ -72,10 +73,13 @@ class Reduction:
 
             raise UserError(f"unknown reduction {self.mode!r}: choose one of {', '.join(MODES)}")
 
-    def spill_policy(self, output_dir: Path | None, *, remote: str | None = None) -> SpillPolicy:
+    def spill_policy(self, output_dir: Path | None, *, remote: str | None = None,
+                     key: RunKey | None = None) -> SpillPolicy:
         """Where this run spills: ``OUTPUT/spill`` by default; under ``--spill-dir`` (or a
         backend's remote storage), a folder named after the output directory, so a resumed
-        run finds its partials and runs sharing a spill area never mix."""
+        run finds its partials and runs sharing a spill area never mix. Spill files are
+        signed with ``key``: the output directory's (a resumed run verifies what it left),
+        or a key of this run alone."""
         root = self.spill_dir or remote
         if root is not None:
             tag = hashlib.sha1(str(output_dir.resolve() if output_dir else uuid.uuid4())
@@ -86,10 +90,15 @@ class Reduction:
         else:
             directory = str(Path(tempfile.gettempdir()) / f"coffea-hpc-spill-{uuid.uuid4().hex}")
         threshold = self.spill_bytes if self.mode == "driver" else 0
-        return SpillPolicy(directory, threshold)
+        if key is None:
+            key = RunKey.of(output_dir) if output_dir is not None else RunKey.ephemeral()
+        assert key is not None
+        return SpillPolicy(directory, threshold, key)
 
     def reducer(self, policy: SpillPolicy) -> TreeReducer | None:
-        return TreeReducer(policy.directory, self.fan_in) if self.mode == "tree" else None
+        if self.mode != "tree":
+            return None
+        return TreeReducer(policy.directory, policy.key, self.fan_in)
 
     def merge_job(self) -> contextlib.AbstractContextManager[MpiMergeJob | None]:
         """For ``mpi``, the MPI merge job, started now (a run starts it as processing starts,
@@ -115,7 +124,7 @@ class Reduction:
             except MergeError as err:  # the partials are all still there: merge them here
                 log.warning("%s; merging on the driver instead", err)
                 stats.extra["mpi_error"] = str(err)
-        return resolve(value, stats=stats), stats
+        return resolve(value, policy.key, stats=stats), stats
 
     def _mpi_merge(self, value: SpillSet, policy: SpillPolicy,
                    job: MpiMergeJob | None) -> tuple[Any, MergeStats]:
@@ -123,12 +132,12 @@ class Reduction:
 
         refs = list(value.refs)
         if value.value is not None:
-            refs.append(spill(value.value, policy.directory))
+            refs.append(spill(value.value, policy.directory, policy.key))
         merged = Path(policy.directory) / f"mpi-merged{SPILL_SUFFIX}"
         with contextlib.ExitStack() as stack:
             if job is None:
                 job = stack.enter_context(MpiMergeJob(self.mpi_ranks, self.mpi_launcher))
-            stats = job.merge([r.path for r in refs], merged)
-        total = load_spilled(merged)
+            stats = job.merge([r.path for r in refs], merged, key=policy.key)
+        total = load_spilled(merged, policy.key)
         merged.unlink(missing_ok=True)
         return total, stats

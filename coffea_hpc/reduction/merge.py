@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coffea_hpc._signing import RunKey
 from coffea_hpc.processing.result import Result, merge_values
 from coffea_hpc.reduction.spill import SpilledRef, SpillSet, fold_spilled, spill
 
@@ -74,11 +75,14 @@ def merge_serial(values: Iterable[Any]) -> Any:
 
 def merge_stream(
     inputs: Iterable[SpilledRef | str | Path],
+    key: RunKey | None,
     *,
     initial: Any = None,
     stats: MergeStats | None = None,
+    trust_coffea_files: bool = False,
 ) -> Any:
-    """Merge partials from storage one at a time.
+    """Merge partials from storage one at a time; spill files must verify with ``key``,
+    files in coffea's format are merged only with ``trust_coffea_files``.
 
     Memory is the running sum plus one buffer for spill files, plus one partial for files in
     coffea's format. ``initial`` (values already in memory, usually small: whatever was not
@@ -90,7 +94,7 @@ def merge_stream(
     read = 0
     for item in inputs:
         path = item.path if isinstance(item, SpilledRef) else str(item)
-        total = fold_spilled(total, path)
+        total = fold_spilled(total, path, key, trust_coffea_files=trust_coffea_files)
         read += Path(path).stat().st_size
         count += 1
     if stats is not None:
@@ -101,13 +105,14 @@ def merge_stream(
     return total
 
 
-def resolve(value: Any, *, stats: MergeStats | None = None, delete: bool = False) -> Any:
+def resolve(value: Any, key: RunKey, *, stats: MergeStats | None = None,
+            delete: bool = False) -> Any:
     """Turn a possibly deferred value (`SpilledRef`, `SpillSet`) into the merged output."""
     if isinstance(value, SpilledRef):
         value = SpillSet((value,))
     if not isinstance(value, SpillSet):
         return value
-    total = merge_stream(value.refs, initial=value.value, stats=stats)
+    total = merge_stream(value.refs, key, initial=value.value, stats=stats)
     if delete:
         for ref in value.refs:
             Path(ref.path).unlink(missing_ok=True)
@@ -124,6 +129,7 @@ class MergeSpilled:
 
     refs: tuple[SpilledRef, ...]
     spill_dir: str
+    key: RunKey = field(repr=False)
     delete_inputs: bool = True
 
     @property
@@ -140,8 +146,8 @@ class MergeSpilled:
 
     def __call__(self) -> Result:
         stats = MergeStats()
-        merged = merge_stream(self.refs, stats=stats)
-        ref = spill(merged, self.spill_dir)
+        merged = merge_stream(self.refs, self.key, stats=stats)
+        ref = spill(merged, self.spill_dir, self.key)
         if self.delete_inputs:
             for old in self.refs:
                 Path(old.path).unlink(missing_ok=True)

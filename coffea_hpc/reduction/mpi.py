@@ -32,6 +32,7 @@ import numpy as np
 import psutil
 
 from coffea_hpc import output
+from coffea_hpc._signing import RunKey
 from coffea_hpc._text import count
 from coffea_hpc.errors import MergeError
 from coffea_hpc.reduction._spillfile import SPILL_SUFFIX
@@ -123,8 +124,10 @@ def _receive_into(comm: Any, total: Any, source: int) -> Any:
 
 
 def mpi_merge(inputs: Sequence[str | Path], output_path: str | Path | None = None,
-              comm: Any = None) -> tuple[Any, MergeStats]:
-    """Merge ``inputs`` over the ranks of ``comm`` (default: COMM_WORLD).
+              comm: Any = None, *, key: RunKey | None,
+              trust_coffea_files: bool = False) -> tuple[Any, MergeStats]:
+    """Merge ``inputs`` over the ranks of ``comm`` (default: COMM_WORLD); spill files
+    must verify with ``key``, coffea files need ``trust_coffea_files`` (`merge_stream`).
 
     Returns the total (on rank 0; None elsewhere) and this rank's stats; rank 0's stats
     cover the whole merge (wall time, bytes read by all ranks, the largest peak RSS).
@@ -137,7 +140,7 @@ def mpi_merge(inputs: Sequence[str | Path], output_path: str | Path | None = Non
 
         comm = MPI.COMM_WORLD
     try:
-        return _merge(inputs, output_path, comm)
+        return _merge(inputs, output_path, comm, key, trust_coffea_files)
     except Exception as err:
         if comm.Get_size() == 1:
             raise  # nobody waits: the caller reports it
@@ -152,14 +155,14 @@ def _abort(comm: Any, err: Exception) -> None:
 
 
 def _merge(inputs: Sequence[str | Path], output_path: str | Path | None,
-           comm: Any) -> tuple[Any, MergeStats]:
+           comm: Any, key: RunKey | None, trust: bool) -> tuple[Any, MergeStats]:
     rank, size = comm.Get_rank(), comm.Get_size()
     started = time.perf_counter()
     baseline = psutil.Process().memory_info().rss  # interpreter and libraries, before data
     paths = expand_inputs(inputs) if rank == 0 else None
     paths = comm.bcast(paths, root=0)
     stats = MergeStats(ranks=size)
-    total = merge_stream(_share(paths, rank, size), stats=stats)
+    total = merge_stream(_share(paths, rank, size), key, stats=stats, trust_coffea_files=trust)
 
     step = 1
     while step < size:
@@ -185,19 +188,21 @@ def _merge(inputs: Sequence[str | Path], output_path: str | Path | None,
     stats.extra["baseline_rss_per_rank"] = every[:, 3].tolist()
     stats.peak_rss_bytes = int(every[:, 1].max())
     if output_path is not None:
-        _save(total, Path(output_path))
+        _save(total, Path(output_path), key)
         stats.extra["peak_rss_per_rank"][0] = peak_rss()
         stats.peak_rss_bytes = max(stats.extra["peak_rss_per_rank"])
     stats.wall_time_s = time.perf_counter() - started
     return total, stats
 
 
-def _save(total: Any, path: Path) -> None:
+def _save(total: Any, path: Path, key: RunKey | None) -> None:
     """Coffea's format for people; a spill file when the path says so, for a run's driver,
     which reads it back: written and read in half the time, without pickling a copy of the
     storage (rank 0's memory stays the sum plus one piece)."""
     if path.suffix == SPILL_SUFFIX:
-        save_spilled(total, path)
+        if key is None:
+            raise MergeError(f"{path}: a spill file is signed, and no key was given")
+        save_spilled(total, path, key)
     else:
         output.save(total, path)  # pickling a histogram copies its storage once
 
@@ -224,6 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="Merge partial outputs with MPI.")
     parser.add_argument("inputs", nargs="*", help="partial files or spill directories")
     parser.add_argument("-o", "--output", help="merged output file")
+    parser.add_argument("--key-file", help="the key of the run that wrote the spill files "
+                                           "(OUTPUT_DIR/.coffea-hpc/key)")
+    parser.add_argument("--trust-coffea-files", action="store_true",
+                        help="also merge unsigned files written by coffea.util.save")
     parser.add_argument("--serve", action="store_true",
                         help="start, then read the inputs and output as one JSON line on "
                              "rank 0's standard input; report on its standard output")
@@ -234,13 +243,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     comm = MPI.COMM_WORLD
     inputs, output_path = list(args.inputs), args.output
+    trust = args.trust_coffea_files
+    try:
+        key = RunKey.from_file(args.key_file) if args.key_file else None
+    except Exception as err:
+        _abort(comm, err)
+        return 2
     if args.serve:
         request = _await_request(comm)
         if request is None:
             return 0
         inputs, output_path = request["inputs"], request["output"]
+        key = RunKey.from_hex(request["key"]) if request.get("key") else None
+        trust = bool(request.get("trust_coffea_files"))
     try:
-        _, stats = mpi_merge(inputs, output_path, comm)
+        _, stats = mpi_merge(inputs, output_path, comm, key=key, trust_coffea_files=trust)
     except Exception as err:  # a single rank: mpi_merge left the report to us
         _abort(comm, err)
         return 2

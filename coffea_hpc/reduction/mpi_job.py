@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from coffea_hpc._signing import RunKey
 from coffea_hpc.errors import MergeError
 from coffea_hpc.reduction.merge import MergeStats
 from coffea_hpc.reduction.mpi import NO_INPUTS, READY, STATS, expand_inputs
@@ -100,8 +101,12 @@ class MpiMergeJob:
         return self._ready.wait(timeout) and self._started and self._proc.poll() is None
 
     def merge(self, inputs: Sequence[str | Path], output_path: str | Path, *,
+              key: RunKey | None, trust_coffea_files: bool = False,
               timeout: float | None = None, start_timeout: float = 300.0) -> MergeStats:
         """Merge ``inputs`` (files or spill directories) into ``output_path``; once per job.
+        Spill files must verify with ``key``, which reaches rank 0 through its standard
+        input (never the command line, which other users can see); files in coffea's format
+        are merged only with ``trust_coffea_files``.
 
         Ranks not started ``start_timeout`` seconds after this call (a job step queued
         behind others, a launcher that hangs) are given up on, with the launcher's last words.
@@ -114,7 +119,9 @@ class MpiMergeJob:
                              + (" | ".join(self._tail) or "no output from the launcher"))
         self._used = True
         request = {"inputs": [str(p) for p in expand_inputs(inputs)],
-                   "output": str(Path(output_path).absolute())}
+                   "output": str(Path(output_path).absolute()),
+                   "key": key.hex() if key is not None else None,
+                   "trust_coffea_files": trust_coffea_files}
         self._say(json.dumps(request) + "\n")
         if not self._finished.wait(timeout):
             self.cancel()
@@ -172,9 +179,12 @@ def run_mpi_merge(
     output_path: str | Path,
     *,
     ranks: int,
+    key: RunKey | None,
+    trust_coffea_files: bool = False,
     launcher: str = "mpiexec",
     timeout: float | None = None,
 ) -> MergeStats:
     """Start an MPI merge job with ``ranks`` ranks and merge ``inputs`` into ``output_path``."""
     with MpiMergeJob(ranks, launcher) as job:
-        return job.merge(inputs, output_path, timeout=timeout)
+        return job.merge(inputs, output_path, key=key, trust_coffea_files=trust_coffea_files,
+                         timeout=timeout)

@@ -3,9 +3,13 @@
 A partial output with hundreds of systematic variations can weigh hundreds of MB; shipping
 it through Parsl's interchange (or Globus Compute's cloud service, which refuses it) and
 holding many of them on the driver is what makes large runs fail. Above a size threshold a
-worker writes its partial (coffea's format: lz4-compressed cloudpickle) to a spill directory
-on shared storage and returns a `SpilledRef`. References add up into a `SpillSet`, which the
-reduction stage merges where memory allows.
+worker writes its partial to a spill directory on shared storage and returns a `SpilledRef`.
+References add up into a `SpillSet`, which the reduction stage merges where memory allows.
+
+Spill directories are shared storage, so spill files are signed with the run's key and
+nothing in them is unpickled unless it verifies (`_spillfile`). Files in coffea's own format
+(``coffea.util.save``) carry no signature: they are merged only when the caller says they
+are the analyst's own (``trust_coffea_files``, ``coffea-hpc merge --trust-coffea-files``).
 """
 
 from __future__ import annotations
@@ -22,12 +26,19 @@ import hist
 import numpy as np
 
 from coffea_hpc import output
+from coffea_hpc._signing import RunKey
 from coffea_hpc.errors import MergeError
 from coffea_hpc.processing.result import DeferredValue, merge_values
-from coffea_hpc.reduction._spillfile import SPILL_SUFFIX, fold_spill_file, write_spill_file
+from coffea_hpc.reduction._spillfile import (
+    SPILL_SUFFIX,
+    UnverifiedFile,
+    check_spill_file,
+    fold_spill_file,
+    write_spill_file,
+)
 
-__all__ = ["SpillPolicy", "SpillSet", "SpilledRef", "load_spilled", "save_spilled",
-           "serialized_size", "spill"]
+__all__ = ["SpillPolicy", "SpillSet", "SpilledRef", "check_spilled", "load_spilled",
+           "save_spilled", "serialized_size", "spill"]
 
 _SAMPLE = 1024
 """Items of a large container that `serialized_size` looks at."""
@@ -35,10 +46,12 @@ _SAMPLE = 1024
 
 @dataclass(frozen=True)
 class SpillPolicy:
-    """Where workers spill, and above which size (bytes; 0: every partial they return)."""
+    """Where workers spill, above which size (bytes; 0: every partial they return), and the
+    run's key that signs what they write (it travels with every task)."""
 
     directory: str
     threshold: int = 0
+    key: RunKey = field(default_factory=RunKey.ephemeral, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -81,50 +94,87 @@ class SpillSet(DeferredValue):
         return SpillSet(tuple(r for r in self.refs if r not in gone), self.value)
 
 
-def spill(value: Any, directory: str | Path) -> SpilledRef:
-    """Write ``value`` under ``directory`` (created private) and return its reference.
-
-    Spill files use a buffer-by-buffer layout (`_spillfile`), written atomically with mode
-    600; `load_spilled` and the merges also read partials saved in coffea's format.
-    """
+def spill(value: Any, directory: str | Path, key: RunKey) -> SpilledRef:
+    """Write ``value`` under ``directory`` (created private), signed with ``key``, and
+    return its reference."""
     directory = output.private_dir(directory)
-    return save_spilled(value, directory / f"partial-{uuid.uuid4().hex}{SPILL_SUFFIX}")
+    return save_spilled(value, directory / f"partial-{uuid.uuid4().hex}{SPILL_SUFFIX}", key)
 
 
-def save_spilled(value: Any, path: str | Path) -> SpilledRef:
+def save_spilled(value: Any, path: str | Path, key: RunKey) -> SpilledRef:
     """Write ``value`` as a spill file at ``path``, atomically, with mode 600."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        write_spill_file(value, tmp)
-        os.chmod(tmp, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.close(fd)  # private from the first byte, whatever the umask
+        write_spill_file(value, tmp, key, name=path.name)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return SpilledRef(str(path), path.stat().st_size)
 
 
-def load_spilled(ref: SpilledRef | str | Path) -> Any:
-    return fold_spilled(None, ref)
+def load_spilled(ref: SpilledRef | str | Path, key: RunKey | None, *,
+                 trust_coffea_files: bool = False) -> Any:
+    return fold_spilled(None, ref, key, trust_coffea_files=trust_coffea_files)
 
 
-def fold_spilled(total: Any, ref: SpilledRef | str | Path) -> Any:
+def check_spilled(refs: Iterator[SpilledRef] | tuple[SpilledRef, ...], key: RunKey) -> None:
+    """Refuse (`MergeError`, naming the file) unless every partial in ``refs`` is a spill
+    file signed with ``key``: what a resumed run checks before trusting its checkpoint.
+    Only the signed skeleton is read; each piece is checked again when it is merged."""
+    for ref in refs:
+        path = Path(ref.path)
+        try:
+            check_spill_file(path, key)
+        except FileNotFoundError:
+            raise MergeError(f"partial {str(path)!r} is missing (deleted, or not on shared "
+                             "storage?)") from None
+        except (UnverifiedFile, ValueError) as err:
+            raise MergeError(f"refusing partial {str(path)!r}: {_why(err, path)}") from None
+
+
+def fold_spilled(total: Any, ref: SpilledRef | str | Path, key: RunKey | None, *,
+                 trust_coffea_files: bool = False) -> Any:
     """Add a partial from storage into ``total``: spill files buffer by buffer (memory: the
-    sum plus one buffer), coffea files whole."""
+    sum plus one buffer), verified with ``key``; coffea files whole, and only with
+    ``trust_coffea_files`` (they carry no signature)."""
     path = Path(ref.path if isinstance(ref, SpilledRef) else ref)
     try:
         if path.suffix == SPILL_SUFFIX:
-            return fold_spill_file(total, path)
+            if key is None:
+                raise MergeError(
+                    f"partial {str(path)!r} is a coffea-hpc spill file, verified with the key "
+                    "of the run that wrote it: give that run's output directory "
+                    "(coffea-hpc merge --key-from OUTPUT_DIR)")
+            return fold_spill_file(total, path, key)
+        if not trust_coffea_files:
+            raise MergeError(
+                f"refusing partial {str(path)!r}: it is not a signed coffea-hpc spill file; "
+                "merge files written by coffea.util.save only if they are your own "
+                "(coffea-hpc merge --trust-coffea-files)")
         value = output.load(path)
     except FileNotFoundError:
         raise MergeError(f"partial {str(path)!r} is missing (deleted, or not on shared "
                          "storage?)") from None
     except MergeError:
         raise
+    except UnverifiedFile as err:
+        raise MergeError(f"refusing partial {str(path)!r}: {_why(err, path)}") from None
     except Exception as err:  # truncated, corrupt: name the file, not just the codec's words
         raise MergeError(f"partial {str(path)!r} cannot be read: "
                          f"{type(err).__name__}: {err}") from err
     return merge_values(total, value, in_place=True)
+
+
+def _why(err: Exception, path: Path) -> str:
+    """The reason in ``err``, without the path the message names already."""
+    text = str(err)
+    for prefix in (f"{path}: ", f"{path} "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
 
 
 def serialized_size(value: Any) -> int:

@@ -8,8 +8,9 @@ the last merge starts from a handful of inputs instead of one per chunk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from coffea_hpc._signing import RunKey
 from coffea_hpc.processing.result import Result
 from coffea_hpc.reduction.merge import MergeSpilled
 from coffea_hpc.reduction.spill import SpillSet
@@ -22,6 +23,7 @@ class TreeReducer:
     """A `coffea_hpc.backends._task.Reducer` merging ``fan_in`` partials per task."""
 
     spill_dir: str
+    key: RunKey = field(repr=False)
     fan_in: int = 8
 
     def __post_init__(self) -> None:
@@ -35,7 +37,8 @@ class TreeReducer:
         n_full = len(pool) // self.fan_in * self.fan_in
         groups = [pool.refs[i:i + self.fan_in] for i in range(0, n_full, self.fan_in)]
         acc.value = SpillSet(pool.refs[n_full:], pool.value)
-        return [MergeSpilled(group, self.spill_dir, delete_inputs=False) for group in groups]
+        return [MergeSpilled(group, self.spill_dir, self.key, delete_inputs=False)
+                for group in groups]
 
     def inputs(self, element: MergeSpilled) -> SpillSet:  # type: ignore[override]
         return SpillSet(element.refs)

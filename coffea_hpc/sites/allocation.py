@@ -43,7 +43,7 @@ def detect_allocation(env: Mapping[str, str] | None = None) -> Allocation:
 
 def site_inside(site: SiteConfig | None, allocation: Allocation) -> SiteConfig:
     """``site`` (its executor knobs and worker_init) turned to use the allocation's nodes."""
-    executor = site.executor if site is not None else ExecutorSpec()
+    executor = site.executor if site is not None else ExecutorSpec(address_by="hostname")
     base = site.provider if site is not None else ProviderSpec()
     single = allocation.nodes == 1
     if single:

@@ -104,10 +104,18 @@ def build_provider(spec: ProviderSpec) -> Any:
 
 
 def _address(spec: ExecutorSpec, resolve: bool) -> str | None:
+    """The one address the interchange binds and workers connect to; None (every
+    interface) only for a site that says ``bind_all``."""
     if spec.loopback:
         return "127.0.0.1"
     if spec.address:
         return spec.address
+    if spec.address_by:
+        if not resolve:
+            return ADDRESS_PLACEHOLDER.format(interface=f"this host's {spec.address_by}")
+        from parsl import addresses
+
+        return getattr(addresses, f"address_by_{spec.address_by}")()
     if spec.interface:
         if not resolve:
             return ADDRESS_PLACEHOLDER.format(interface=spec.interface)
@@ -121,7 +129,7 @@ def _address(spec: ExecutorSpec, resolve: bool) -> str | None:
                 "site expects its driver on the centre's login or compute nodes (or set "
                 "executor.address)"
             ) from None
-    return None  # Parsl then offers workers every address of this machine
+    return None  # bind_all: Parsl offers workers every address of this machine
 
 
 def _htex(spec: ExecutorSpec, provider: Any, resolve: bool) -> Any:
@@ -132,7 +140,7 @@ def _htex(spec: ExecutorSpec, provider: Any, resolve: bool) -> Any:
     if spec.port is not None:
         extra["worker_port_range"] = (spec.port, spec.port + 1)
     return HighThroughputExecutor(
-        label=spec.label, address=address,
+        label=spec.label, address=address, encrypted=spec.encrypted,
         loopback_address="127.0.0.1", cores_per_worker=spec.cores_per_worker,
         mem_per_worker=spec.mem_per_worker, max_workers_per_node=spec.max_workers_per_node,
         available_accelerators=spec.available_accelerators, cpu_affinity=spec.cpu_affinity,

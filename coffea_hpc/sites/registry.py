@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from coffea_hpc._resources import resource_dir
-from coffea_hpc._yaml import read_yaml
+from coffea_hpc._textfile import TextFileError, read_data
 from coffea_hpc.errors import SiteError
 from coffea_hpc.sites.schema import SiteConfig
 
@@ -108,8 +108,8 @@ def resolve_site(
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = "unknown option"
-        field = ".".join(loc) or "site"
-        raise SiteError(f"site {merged['name']!r} ({where}): {field}: {message}") from None
+        field = f"{'.'.join(loc)}: " if loc else ""  # a rule over several fields names them
+        raise SiteError(f"site {merged['name']!r} ({where}): {field}{message}") from None
     if require_account and site.requires_account and not site.provider.account:
         raise SiteError(
             f"site {site.name!r} needs an account (allocation/project): pass --account NAME "
@@ -161,7 +161,12 @@ def _layers(name: str | None, site_file: str | Path | None,
 
 
 def _read(path: Path) -> dict[str, Any]:
-    data = read_yaml(path, SiteError)
+    try:
+        data = read_data(path, yaml_format=True)
+    except TextFileError as err:
+        raise SiteError(f"{path}: {err}") from None
+    except OSError as err:
+        raise SiteError(f"{path}: cannot be read ({err.strerror})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -9,7 +9,7 @@ messages that name the field; `coffea_hpc.sites.build` turns a valid site into P
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -19,6 +19,8 @@ ExecutorType = Literal["htex", "mpi", "taskvine", "workqueue", "globus", "thread
 ProviderType = Literal["slurm", "pbspro", "condor", "local"]
 LauncherType = Literal["srun", "mpiexec", "single-node", "simple"]
 
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$"
+"""Site names go into job scripts and file names: no path steps, spaces or line breaks."""
 _WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}:\d{2}$")
 DEFAULT_LAUNCHERS: dict[str, LauncherType] = {
     "slurm": "srun", "pbspro": "mpiexec", "condor": "single-node", "local": "single-node",
@@ -46,11 +48,23 @@ class ExecutorSpec(_Strict):
     max_workers_per_node: int | None = Field(default=None, ge=1)
     available_accelerators: int | list[str] = 0
     cpu_affinity: str = "none"
-    address: str | None = None
+    address: str | None = Field(
+        default=None, description="the address workers connect to (and the only one bound)")
     interface: str | None = Field(
         default=None, description="network interface whose address workers connect to")
+    address_by: Literal["hostname", "route"] | None = Field(
+        default=None, description="the address this host's name resolves to (hostname), or "
+                                  "the one its default route leaves by (route)")
     loopback: bool = Field(
         default=False, description="workers run on this machine: bind to 127.0.0.1 only")
+    bind_all: bool = Field(
+        default=False, description="offer workers every address of this host and listen on "
+                                   "all interfaces (only where a site needs it)")
+    encrypted: bool = Field(
+        default=True, description="encrypt and authenticate worker traffic (CurveZMQ); "
+                                  "turning it off needs plaintext_reason")
+    plaintext_reason: str | None = Field(
+        default=None, description="why this site's worker traffic may travel unencrypted")
     python: Literal["driver", "path"] = Field(
         default="driver",
         description="workers use the driver's interpreter (driver) or the first python on "
@@ -146,10 +160,10 @@ class SubmitSpec(_Strict):
 class SiteConfig(_Strict):
     """A complete site: one executor, one provider, and how to submit a driver there."""
 
-    name: str
+    name: str = Field(pattern=_NAME, description="letters, digits and . _ @ + -")
     description: str = ""
     docs: str = ""
-    aliases: tuple[str, ...] = ()
+    aliases: tuple[Annotated[str, Field(pattern=_NAME)], ...] = ()
     requires_account: bool = False
     executor: ExecutorSpec = ExecutorSpec()
     provider: ProviderSpec = ProviderSpec()
@@ -169,6 +183,17 @@ class SiteConfig(_Strict):
                 "launch an MPI application; a chunk is one Python process, so chunks run on "
                 "type: htex (a worker per core), and large outputs are merged with MPI by "
                 "--reduce mpi on any executor")
+        ex = self.executor
+        if ex.type == "htex":
+            if not ex.encrypted and not (ex.plaintext_reason or "").strip():
+                raise ValueError("executor.encrypted: false needs executor.plaintext_reason: "
+                                 "say why worker traffic (tasks, results, the run's key) may "
+                                 "travel unencrypted on this site")
+            if not (ex.loopback or ex.address or ex.interface or ex.address_by or ex.bind_all):
+                raise ValueError("say which address workers reach the driver on: "
+                                 "executor.interface (e.g. hsn0), executor.address, "
+                                 "executor.address_by: hostname, or executor.loopback: true "
+                                 "(executor.bind_all: true listens on every interface)")
         return self
 
     @property

@@ -178,7 +178,8 @@ def submit_job(site: SiteConfig, job_files: dict[str, str], output_dir: Path) ->
     """Write the job's files under ``output_dir/submit`` and submit the first one."""
     scheduler = SCHEDULERS[site.scheduler]
     scheduler.require()
-    folder = files.private_dir(files.private_dir(output_dir) / "submit")
+    # the output directory is for sharing; the job script (account, paths) is not
+    folder = files.private_dir(files.shared_dir(output_dir) / "submit")
     paths = []
     for name, text in job_files.items():
         path = folder / name

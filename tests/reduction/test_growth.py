@@ -23,6 +23,7 @@ import pytest
 from coffea.processor import accumulate, column_accumulator, value_accumulator
 
 from coffea_hpc import output
+from coffea_hpc._signing import RunKey
 from coffea_hpc.errors import MergeError
 from coffea_hpc.reduction import load_spilled, merge_serial, merge_stream, spill
 from coffea_hpc.reduction.merge import MergeSpilled
@@ -37,6 +38,7 @@ STORAGES = {"double": hist.storage.Double(), "int64": hist.storage.Int64(),
             "weighted_mean": hist.storage.WeightedMean()}
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
 HAS_MPI = MPIEXEC.exists() or shutil.which("mpiexec") is not None
+KEY = RunKey.ephemeral()
 
 
 def _growth(cls: type, name: str) -> hist.axis.AxesMixin:
@@ -119,25 +121,25 @@ def test_in_memory(partials, expected):
 
 
 def test_spill_files(partials, expected, tmp_path):
-    refs = [spill(p, tmp_path) for p in partials]
+    refs = [spill(p, tmp_path, KEY) for p in partials]
     for ref, value in zip(refs, partials, strict=True):
-        assert_same_by_label(load_spilled(ref), value)
-    assert_same_by_label(merge_stream(refs), expected)
-    assert_same_by_label(merge_stream(refs[::-1]), expected)
+        assert_same_by_label(load_spilled(ref, KEY), value)
+    assert_same_by_label(merge_stream(refs, KEY), expected)
+    assert_same_by_label(merge_stream(refs[::-1], KEY), expected)
 
 
 def test_spill_files_read_in_many_pieces(monkeypatch, partials, expected, tmp_path):
     from coffea_hpc.reduction import _spillfile
 
     monkeypatch.setattr(_spillfile, "_PIECE", 40)  # a buffer spans pieces, cut unevenly
-    assert_same_by_label(merge_stream([spill(p, tmp_path) for p in partials]), expected)
+    assert_same_by_label(merge_stream([spill(p, tmp_path, KEY) for p in partials], KEY), expected)
 
 
 def test_merge_tasks(partials, expected, tmp_path):
-    refs = [spill(p, tmp_path / "spill") for p in partials]
-    halves = [MergeSpilled(tuple(refs[:4]), str(tmp_path / "spill"))(),
-              MergeSpilled(tuple(refs[4:]), str(tmp_path / "spill"))()]
-    assert_same_by_label(merge_stream([r.value for r in halves]), expected)
+    refs = [spill(p, tmp_path / "spill", KEY) for p in partials]
+    halves = [MergeSpilled(tuple(refs[:4]), str(tmp_path / "spill"), KEY)(),
+              MergeSpilled(tuple(refs[4:]), str(tmp_path / "spill"), KEY)()]
+    assert_same_by_label(merge_stream([r.value for r in halves], KEY), expected)
 
 
 @pytest.mark.mpi
@@ -151,11 +153,12 @@ def test_mpi(partials, expected, tmp_path, ranks, suffix):
         path = tmp_path / "in" / f"p{i}{suffix}"
         path.parent.mkdir(exist_ok=True)
         if suffix == ".cspill":
-            save_spilled(value, path)
+            save_spilled(value, path, KEY)
         else:
             output.save(value, path)
     out = tmp_path / "merged.coffea"
-    stats = run_mpi_merge([tmp_path / "in"], out, ranks=ranks, timeout=120)
+    stats = run_mpi_merge([tmp_path / "in"], out, ranks=ranks, key=KEY,
+                          trust_coffea_files=suffix == ".coffea", timeout=120)
     assert stats.ranks == ranks
     assert_same_by_label(output.load(out), expected)
 
@@ -172,7 +175,8 @@ def test_cli_under_mpiexec(partials, tmp_path):
     out = tmp_path / "merged.coffea"
     cli = Path(sys.executable).with_name("coffea-hpc")
     proc = subprocess.run([str(MPIEXEC if MPIEXEC.exists() else "mpiexec"), "-n", "2", str(cli),
-                           "merge", *map(str, paths), "-o", str(out), "--mpi"],
+                           "merge", *map(str, paths), "-o", str(out), "--mpi",
+                           "--trust-coffea-files"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert_same_by_label(load(str(out)), accumulate(copy.deepcopy(partials[1:3])))
@@ -190,7 +194,7 @@ def test_other_axis_differences_are_one_line_naming_the_place(tmp_path, merge):
         if merge == "memory":
             merge_serial(values)
         else:
-            merge_stream([spill(v, tmp_path) for v in values])
+            merge_stream([spill(v, tmp_path, KEY) for v in values], KEY)
     assert "\n" not in str(err.value)
     if merge == "spill":
         assert str(err.value) == ("output['ttbar']['mass']: histograms with different axes "
@@ -202,7 +206,7 @@ def test_growth_is_not_assumed_for_fixed_categories(tmp_path):
     values = [{"h": hist.Hist(hist.axis.StrCategory(labels, name="c"), storage="weight")}
               for labels in (["a", "b"], ["b", "a"])]
     with pytest.raises(MergeError, match=r"output\['h'\]: histograms with different axes"):
-        merge_stream([spill(v, tmp_path) for v in values])
+        merge_stream([spill(v, tmp_path, KEY) for v in values], KEY)
 
 
 def test_spill_sizes_count_what_is_not_a_histogram():
@@ -242,6 +246,6 @@ def test_growth_keeps_the_flow_bin_of_an_empty_fixed_axis(tmp_path):
                             weight=np.arange(1.0, len(labels) + 1))}
 
     values = [value(["nominal"]), value(["up", "nominal"])]
-    merged = merge_stream([spill(v, tmp_path) for v in values])
+    merged = merge_stream([spill(v, tmp_path, KEY) for v in values], KEY)
     assert_same_by_label(merged, accumulate(copy.deepcopy(values)))
     assert merged["h"].sum(flow=True).value == 1 + 1 + 2

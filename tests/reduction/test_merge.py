@@ -8,6 +8,7 @@ import stat
 import pytest
 
 from coffea_hpc import output
+from coffea_hpc._signing import RunKey
 from coffea_hpc.backends import make_backend
 from coffea_hpc.errors import MergeError
 from coffea_hpc.processing.result import Result
@@ -17,6 +18,8 @@ from coffea_hpc.reduction.spill import serialized_size
 from tests.helpers import assert_same
 from tests.reduction.conftest import synthetic_partial
 
+KEY = RunKey.ephemeral()
+
 
 @pytest.fixture(scope="module")
 def serial(partial_files):
@@ -25,7 +28,7 @@ def serial(partial_files):
 
 def test_streaming_merge_equals_serial_and_reports(partial_files, serial):
     stats = MergeStats()
-    merged = merge_stream(partial_files, stats=stats)
+    merged = merge_stream(partial_files, None, stats=stats, trust_coffea_files=True)
     assert_same(merged, serial)
     assert stats.inputs == len(partial_files)
     assert stats.bytes_read == sum(p.stat().st_size for p in partial_files)
@@ -42,11 +45,11 @@ def test_merges_never_mutate_their_inputs(partial_files):
 
 def test_spill_round_trip_is_private(tmp_path):
     value = synthetic_partial(1)
-    ref = spill(value, tmp_path / "spill")
+    ref = spill(value, tmp_path / "spill", KEY)
     assert stat.S_IMODE(os.stat(ref.path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "spill").st_mode) == 0o700
     assert ref.nbytes == os.path.getsize(ref.path)
-    assert_same(load_spilled(ref), value)
+    assert_same(load_spilled(ref, KEY), value)
     assert serialized_size(value) > 400 * 12 * 5 * 16
 
 
@@ -60,9 +63,9 @@ def test_spilled_buffers_longer_than_a_piece_come_back_whole(monkeypatch, tmp_pa
     value = {**synthetic_partial(0), "a": np.arange(10, dtype=np.float64),
              "b": np.arange(7, dtype=np.int64)}
     path = tmp_path / f"x{_spillfile.SPILL_SUFFIX}"
-    _spillfile.write_spill_file(value, path)
-    assert_same(_spillfile.read_spill_file(path), value)
-    doubled = _spillfile.fold_spill_file(_spillfile.read_spill_file(path), path)
+    _spillfile.write_spill_file(value, path, KEY)
+    assert_same(_spillfile.read_spill_file(path, KEY), value)
+    doubled = _spillfile.fold_spill_file(_spillfile.read_spill_file(path, KEY), path, KEY)
     assert_same(doubled, merge_serial([value, value]))
 
 
@@ -72,29 +75,29 @@ def test_a_truncated_spill_file_is_an_error_not_a_short_sum(tmp_path):
     from coffea_hpc.reduction import _spillfile
 
     path = tmp_path / f"x{_spillfile.SPILL_SUFFIX}"
-    _spillfile.write_spill_file({"a": np.arange(1000.0)}, path)
+    _spillfile.write_spill_file({"a": np.arange(1000.0)}, path, KEY)
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(ValueError, match="truncated"):
-        _spillfile.read_spill_file(path)
+        _spillfile.read_spill_file(path, KEY)
 
 
 def test_references_add_up_with_values(tmp_path):
     a, b = synthetic_partial(1), synthetic_partial(2)
-    ref = spill(a, tmp_path)
+    ref = spill(a, tmp_path, KEY)
     pool = Result(value=ref) + Result(value=b)
     assert isinstance(pool.value, SpillSet) and len(pool.value) == 1
-    assert_same(resolve(pool.value), merge_serial([a, b]))
+    assert_same(resolve(pool.value, KEY), merge_serial([a, b]))
 
 
 def test_merge_tasks_on_a_real_parsl_executor(partial_files, serial, tmp_path):
     spill_dir = tmp_path / "spill"
-    refs = [spill(output.load(p), spill_dir) for p in partial_files]
+    refs = [spill(output.load(p), spill_dir, KEY) for p in partial_files]
     with make_backend("parsl", workers=2, run_dir=tmp_path / "parsl") as backend:
-        halves = [MergeSpilled(tuple(refs[:7]), str(spill_dir)),
-                  MergeSpilled(tuple(refs[7:]), str(spill_dir))]
+        halves = [MergeSpilled(tuple(refs[:7]), str(spill_dir), KEY),
+                  MergeSpilled(tuple(refs[7:]), str(spill_dir), KEY)]
         merged_refs = [backend.submit(el).result().value for el in halves]
     assert not any(os.path.exists(r.path) for r in refs)  # inputs replaced by outputs
-    assert_same(merge_stream(merged_refs), serial)
+    assert_same(merge_stream(merged_refs, KEY), serial)
 
 
 def test_incompatible_partials_name_the_place(tmp_path):
@@ -105,4 +108,4 @@ def test_incompatible_partials_name_the_place(tmp_path):
     with pytest.raises(MergeError):
         merge_serial([a, b])
     with pytest.raises(MergeError, match="is missing"):
-        merge_stream([tmp_path / "gone.coffea"])
+        merge_stream([tmp_path / "gone.coffea"], KEY, trust_coffea_files=True)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from coffea_hpc import output
+from coffea_hpc._signing import RunKey
 from coffea_hpc.errors import MergeError
 from coffea_hpc.reduction import load_spilled, merge_stream
 from coffea_hpc.reduction.buffers import fold_buffers, raw_view, skeleton
@@ -21,6 +22,7 @@ from tests.helpers import assert_same, processes_mentioning
 from tests.reduction.conftest import synthetic_partial
 
 pytestmark = pytest.mark.mpi
+KEY = RunKey.ephemeral()
 
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
 if not MPIEXEC.exists() and shutil.which("mpiexec") is None:
@@ -29,7 +31,7 @@ if not MPIEXEC.exists() and shutil.which("mpiexec") is None:
 
 @pytest.fixture(scope="module")
 def serial(partial_files):
-    return merge_stream(partial_files)
+    return merge_stream(partial_files, None, trust_coffea_files=True)
 
 
 @pytest.mark.parametrize(("ranks", "name"), [(1, "merged.coffea"), (2, "merged.coffea"),
@@ -37,9 +39,11 @@ def serial(partial_files):
 def test_mpi_merge_equals_serial(partial_files, serial, tmp_path, ranks, name):
     """In coffea's format, or as a spill file (what a run's driver reads back)."""
     out = tmp_path / name
-    stats = run_mpi_merge([partial_files[0].parent], out, ranks=ranks, timeout=120)
-    assert_same(load_spilled(out), serial)
-    assert out.stat().st_mode & 0o077 == 0  # private to the user, like every run file
+    stats = run_mpi_merge([partial_files[0].parent], out, ranks=ranks, key=KEY,
+                          trust_coffea_files=True, timeout=120)
+    assert_same(load_spilled(out, KEY, trust_coffea_files=True), serial)
+    if name.endswith(".cspill"):  # a run's, read back by its driver: private
+        assert out.stat().st_mode & 0o077 == 0
     assert stats.ranks == ranks and stats.inputs == len(partial_files)
     assert stats.bytes_read == sum(p.stat().st_size for p in partial_files)
     assert len(stats.extra["peak_rss_per_rank"]) == ranks
@@ -47,17 +51,20 @@ def test_mpi_merge_equals_serial(partial_files, serial, tmp_path, ranks, name):
 
 def test_more_ranks_than_partials(partial_files, tmp_path):
     out = tmp_path / "merged.coffea"
-    run_mpi_merge(partial_files[:3], out, ranks=4, timeout=120)
-    assert_same(output.load(out), merge_stream(partial_files[:3]))
+    run_mpi_merge(partial_files[:3], out, ranks=4, key=None, trust_coffea_files=True,
+                  timeout=120)
+    assert_same(output.load(out), merge_stream(partial_files[:3], None, trust_coffea_files=True))
 
 
 def test_a_failing_merge_is_reported_in_one_line(tmp_path):
     bad = tmp_path / "bad.coffea"
     bad.write_bytes(b"not a coffea file")
     with pytest.raises(MergeError, match=r"the MPI merge failed \(exit"):
-        run_mpi_merge([bad], tmp_path / "out.coffea", ranks=2, timeout=120)
+        run_mpi_merge([bad], tmp_path / "out.coffea", ranks=2, key=None,
+                      trust_coffea_files=True, timeout=120)
     with pytest.raises(MergeError, match="not found"):
-        run_mpi_merge([bad], tmp_path / "out.coffea", ranks=2, launcher="no-such-mpiexec")
+        run_mpi_merge([bad], tmp_path / "out.coffea", ranks=2, key=None,
+                      launcher="no-such-mpiexec")
 
 
 def test_buffers_cover_histogram_storage_exactly():
@@ -160,7 +167,7 @@ def test_a_failing_rank_ends_every_rank_promptly(tmp_path, command, fault):
     exe = str(MPIEXEC) if MPIEXEC.exists() else "mpiexec"
     program = ([str(Path(sys.executable).with_name("coffea-hpc")), "merge"] if command == "cli"
                else [sys.executable, "-m", "coffea_hpc.reduction.mpi"])
-    extra = ["--mpi"] if command == "cli" else []
+    extra = [*(["--mpi"] if command == "cli" else []), "--trust-coffea-files"]
     proc = subprocess.Popen([exe, "-n", "4", *program, *map(str, paths), "-o", str(out),
                              *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

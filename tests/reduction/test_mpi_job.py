@@ -47,11 +47,12 @@ def test_waiting_ranks_sleep_then_merge(partial_files, tmp_path):
         busy = sum(sum(p.cpu_times()[:2]) for p in ranks) - before
         assert busy < 0.4, f"waiting ranks used {busy:.2f} CPU-seconds in 2 s"
         out = tmp_path / "merged.coffea"
-        stats = job.merge([partial_files[0].parent], out, timeout=120)
-    assert_same(output.load(out), merge_stream(partial_files))
+        stats = job.merge([partial_files[0].parent], out, key=None, trust_coffea_files=True,
+                          timeout=120)
+    assert_same(output.load(out), merge_stream(partial_files, None, trust_coffea_files=True))
     assert stats.ranks == 2 and stats.inputs == len(partial_files)
     with pytest.raises(MergeError, match="used or cancelled already"):
-        job.merge(partial_files, out)
+        job.merge(partial_files, out, key=None, trust_coffea_files=True)
 
 
 def test_an_unused_job_leaves_no_process():
@@ -96,7 +97,7 @@ def test_a_job_that_cannot_start_says_why(tmp_path):
     with MpiMergeJob(2, launcher=str(fake)) as job:
         assert not job.ready(timeout=30)
         with pytest.raises(MergeError, match=r"failed \(exit 3\): fake-mpiexec: no MPI here"):
-            job.merge([], tmp_path / "out.coffea")
+            job.merge([], tmp_path / "out.coffea", key=None, trust_coffea_files=True)
 
 
 def test_ranks_that_never_start_are_given_up_on(tmp_path):
@@ -109,7 +110,7 @@ def test_ranks_that_never_start_are_given_up_on(tmp_path):
     job = MpiMergeJob(2, launcher=str(fake))
     launcher = psutil.Process(job._proc.pid)
     with pytest.raises(MergeError, match=r"did not start within 2 s: .*temporarily disabled"):
-        job.merge([], tmp_path / "out.coffea", start_timeout=2)
+        job.merge([], tmp_path / "out.coffea", key=None, start_timeout=2)
     assert _gone([launcher], timeout=5)
 
 
@@ -123,4 +124,5 @@ def test_a_launcher_that_keeps_standard_input_from_rank_0_is_named(tmp_path, par
     deaf.chmod(0o755)
     with MpiMergeJob(2, launcher=str(deaf)) as job, pytest.raises(
             MergeError, match="does not pass standard input on to rank 0"):
-        job.merge(partial_files, tmp_path / "out.coffea", timeout=60)
+        job.merge(partial_files, tmp_path / "out.coffea", key=None, trust_coffea_files=True,
+                  timeout=60)

@@ -64,10 +64,36 @@ def test_a_user_site_needs_no_preset(tmp_path, monkeypatch):
     monkeypatch.setenv("COFFEA_HPC_SITES", str(tmp_path))
     (tmp_path / "mycluster.yaml").write_text(yaml.safe_dump(
         {"description": "our group's cluster", "provider": {"type": "slurm",
-                                                            "partition": "hep"}}))
+                                                            "partition": "hep"},
+         "executor": {"interface": "ib0"}}))
     assert "mycluster" in known_sites()
     site = resolve_site("mycluster")
     assert site.provider.partition == "hep" and site.scheduler == "slurm"
+    assert site.executor.encrypted  # unless the site file says why not
+
+
+@pytest.mark.parametrize(("executor", "message"), [
+    ({}, r"say which address workers reach the driver on: executor\.interface"),
+    ({"interface": "ib0", "encrypted": False},
+     r"executor\.encrypted: false needs executor\.plaintext_reason"),
+])
+def test_a_site_names_its_address_and_keeps_encryption_unless_it_says_why(
+        tmp_path, monkeypatch, executor, message):
+    monkeypatch.setenv("COFFEA_HPC_SITES", str(tmp_path))
+    (tmp_path / "mycluster.yaml").write_text(yaml.safe_dump(
+        {"provider": {"type": "slurm"}, "executor": executor}))
+    with pytest.raises(SiteError, match=r"^site 'mycluster' \(.*mycluster\.yaml\): " + message):
+        resolve_site("mycluster")
+    (tmp_path / "mycluster.yaml").write_text(yaml.safe_dump(
+        {"provider": {"type": "slurm"}, "executor": {
+            "bind_all": True, "encrypted": False,
+            "plaintext_reason": "an isolated test cluster"}}))
+    site = resolve_site("mycluster")
+    assert not site.executor.encrypted
+    from coffea_hpc.sites import build_config
+
+    executor = build_config(site, tmp_path / "run").executors[0]
+    assert executor.encrypted is False and executor.address is None
 
 
 def test_unknown_sites_list_the_known_ones():

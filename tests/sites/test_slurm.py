@@ -64,6 +64,10 @@ def test_run_with_pilot_jobs_through_parsls_slurm_provider(slurm_cluster, filese
     scripts = [p for p in (tmp_path / "parsl").rglob("submit_scripts/parsl.*")
                if p.suffix not in (".stdout", ".stderr")]
     assert scripts and "#SBATCH" in scripts[0].read_text()
+    # the workers came in through CurveZMQ: the run's certificates, private to the user
+    certificates = list((tmp_path / "parsl").rglob("certificates"))
+    assert certificates and (certificates[0] / "client.key_secret").exists()
+    assert certificates[0].stat().st_mode & 0o077 == 0
     assert _drained(), _squeue()
 
 

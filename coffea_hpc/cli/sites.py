@@ -164,22 +164,25 @@ def submit(
 
 
 def _wait(job_id: str) -> None:
-    from coffea_hpc.sites.submit import status as job_status
+    """Until the job ends; exit 1 unless it COMPLETED."""
+    from coffea_hpc.sites.submit import job_state, status
 
     while True:
-        state = job_status(job_id)
-        if state.startswith("finished") or state in ("COMPLETED", "FAILED", "CANCELLED",
-                                                     "TIMEOUT", "FINISHED", "REMOVED"):
-            console.print(f"job {job_id}: {state}")
+        state = job_state(job_id)
+        if state.final or state.state == "UNKNOWN":
+            console.print(f"job {job_id}: {status(job_id)}", highlight=False)
+            if state.state != "COMPLETED":
+                raise typer.Exit(1)
             return
         time.sleep(2)
 
 
 def status(job_id: Annotated[str, typer.Argument(help="Job id from 'submit'.")]) -> None:
-    """The batch system's state of a submitted job."""
+    """The batch system's state of a submitted job, and how it ended: COMPLETED, FAILED,
+    TIMEOUT, OUT_OF_MEMORY or CANCELLED."""
     from coffea_hpc.sites.submit import status as job_status
 
-    out.print(job_status(job_id))
+    out.print(job_status(job_id), highlight=False)
 
 
 def logs(

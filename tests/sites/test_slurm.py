@@ -20,7 +20,7 @@ from coffea_hpc.examples.dimuon import DimuonProcessor
 from coffea_hpc.runner import run
 from coffea_hpc.sites import resolve_site
 from coffea_hpc.sites.check import check_site
-from coffea_hpc.sites.submit import job_record, render_job, status
+from coffea_hpc.sites.submit import job_record, job_state, render_job
 from tests.helpers import assert_same, processes_mentioning, write_slow_processor
 from tests.sites.conftest import slurm_diagnosis
 
@@ -49,7 +49,7 @@ def _drained(job_id: str = "", timeout: float = 60) -> bool:
 
 def _wait_until_finished(job_id: str, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
-    while not status(job_id).startswith("finished") and time.monotonic() < deadline:
+    while not job_state(job_id).final and time.monotonic() < deadline:
         time.sleep(1)
 
 

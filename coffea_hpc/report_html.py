@@ -67,7 +67,8 @@ def render_report(report: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str
         _head(report),
         _figures(report, perf),
         _section("throughput", "Throughput over time",
-                 "Events finished per second, in bins, from the first chunk's start.",
+                 "Events processed per second, in bins from the first chunk's start (a chunk's "
+                 "events count evenly over the time it ran).",
                  _throughput(done, t0)),
         _section("timeline", "Per-worker timeline",
                  "One lane per worker process; one bar per chunk, coloured by dataset (red: "
@@ -252,8 +253,12 @@ def _throughput(rows: Sequence[dict[str, Any]], t0: float) -> str:
     n_bins = max(min(60, len(ok)), 1)
     width = span / n_bins
     bins = [0.0] * n_bins
-    for r in ok:
-        bins[min(int((r["end"] - t0) / width), n_bins - 1)] += r["entries"]
+    for r in ok:  # a chunk's events are spread over the time it ran, not put at its end
+        a, b = r["start"] - t0, r["end"] - t0
+        first, last = min(int(a / width), n_bins - 1), min(int(b / width), n_bins - 1)
+        for i in range(first, last + 1):
+            overlap = min(b, (i + 1) * width) - max(a, i * width)
+            bins[i] += r["entries"] * (overlap / (b - a) if b > a else 1.0)
     rates = [b / width for b in bins]
     svg = _Svg(260)
     top = max(rates) or 1.0

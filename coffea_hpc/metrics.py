@@ -213,7 +213,8 @@ def _lost_rows(settled: Settled) -> list[dict[str, Any]]:
         dataset, filename, treename, start, stop = key
         rows.append({
             "dataset": dataset, "file": filename, "treename": treename, "entrystart": start,
-            "entrystop": stop, "entries": stop - start, "host": None, "pid": None,
+            "entrystop": stop, "entries": stop - start, "location": None, "host": None,
+            "pid": None,
             "job": None, "block": None, "start": None, "end": now, "wall_s": lost,
             "cpu_s": None, "build_s": None, "process_s": None, "bytes_read": None,
             "columns": [], "peak_rss": None, "outcome": "lost",

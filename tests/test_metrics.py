@@ -53,6 +53,7 @@ def test_bytes_read_are_the_baskets_of_the_columns_touched(fileset):
     assert first["bytes_read"] > _baskets_overlapping(path, first["columns"], 0, 1000)
     for row in (first, second):
         assert row["outcome"] == "ok" and row["pid"] == os.getpid()
+        assert row["location"] == "local"
         assert row["start"] <= row["end"] and row["wall_s"] > 0 and row["cpu_s"] > 0
         assert row["build_s"] + row["process_s"] <= row["wall_s"]
         assert row["peak_rss"] > 10 * 2**20

@@ -18,7 +18,9 @@ import resource
 import socket
 import sys
 import time
+from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 from coffea_hpc.data.chunks import Chunk
 
@@ -36,6 +38,15 @@ def worker_identity() -> dict[str, Any]:
     job = next((env[v] for v in _JOB_VARIABLES if env.get(v)), None)
     return {"host": _HOST, "pid": os.getpid(), "job": job,
             "block": env.get("PARSL_WORKER_BLOCK_ID") or None}
+
+
+@lru_cache(maxsize=64)
+def _location(path: str) -> str:
+    """Where the file is read from: the server of a URL (root://, https://), else 'local'."""
+    parts = urlsplit(path)
+    if parts.scheme in ("", "file"):
+        return "local"
+    return parts.hostname or "local"
 
 
 def peak_rss() -> int:
@@ -68,6 +79,7 @@ class ChunkProbe:
         return {
             "dataset": c.dataset, "file": c.filename, "treename": c.treename,
             "entrystart": c.entrystart, "entrystop": c.entrystop, "entries": c.entries,
+            "location": _location(c.filename),
             **worker_identity(),
             "start": self.start, "end": self.start + wall,
             "wall_s": wall, "cpu_s": cpu,

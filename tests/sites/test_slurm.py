@@ -17,6 +17,7 @@ from coffea.util import load
 
 from coffea_hpc.cli.app import main
 from coffea_hpc.examples.dimuon import DimuonProcessor
+from coffea_hpc.metrics import read_chunks
 from coffea_hpc.runner import run
 from coffea_hpc.sites import resolve_site
 from coffea_hpc.sites.check import check_site
@@ -65,6 +66,9 @@ def test_run_with_pilot_jobs_through_parsls_slurm_provider(slurm_cluster, filese
                if p.suffix not in (".stdout", ".stderr")]
     assert scripts and "#SBATCH" in scripts[0].read_text()
     assert _drained(), _squeue()
+    # every chunk's row names the pilot job and Parsl block its worker ran in
+    rows = read_chunks(tmp_path / "chunks.jsonl")
+    assert rows and all(r["job"] and r["block"] is not None for r in rows), rows[:1]
 
 
 def test_submit_runs_the_driver_inside_an_allocation(slurm_cluster, fileset_path,
@@ -83,6 +87,8 @@ def test_submit_runs_the_driver_inside_an_allocation(slurm_cluster, fileset_path
     assert f"job {job_id} on 1 node(s)" in log
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "complete" and report["backend"] == "parsl"
+    assert {r["job"] for r in read_chunks(out / "chunks.jsonl")} == {job_id}
+    assert job_state(job_id).state == "COMPLETED"
     assert record.log == str(out / "submit" / "coffea-hpc.log")
     code = main(["logs", job_id])
     assert code == 0 and "coffea-hpc run: complete" in capsys.readouterr().out

@@ -18,7 +18,9 @@ clock is behind the driver's are clipped at zero.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["CHUNKS_NAME", "ChunkLog", "read_chunks"]
 
 CHUNKS_NAME = "chunks.jsonl"
+
+log = logging.getLogger(__name__)
 
 _FLUSH_EVERY_S = 2.0
 _SLOWEST = 10
@@ -47,9 +51,12 @@ class ChunkLog:
         self.run = run
         self._file: IO[str] | None = None
         if path is not None:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append
-                                                          else os.O_TRUNC), 0o600)
-            self._file = os.fdopen(fd, "w", buffering=1 << 16)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append
+                                                              else os.O_TRUNC), 0o600)
+                self._file = os.fdopen(fd, "w", buffering=1 << 16)
+            except OSError as err:
+                self._give_up(err)
         self._flushed = time.monotonic()
         self.rows = 0
         self.outcomes: collections.Counter[str] = collections.Counter()
@@ -74,13 +81,28 @@ class ChunkLog:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as err:
+                self._give_up(err)
             self._file = None
 
     def flush(self) -> None:
         if self._file is not None:
-            self._file.flush()
+            try:
+                self._file.flush()
+            except OSError as err:
+                self._give_up(err)
         self._flushed = time.monotonic()
+
+    def _give_up(self, err: OSError) -> None:
+        """Metrics never stop a run: a full disk ends the chunk rows with one warning (what
+        is on disk stays readable, line by line); the figures go on."""
+        log.warning("chunk metrics are no longer written to %s: %s", self.path, err)
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
 
     def __call__(self, settled: Settled) -> None:
         """Record one task as it came back (the `FutureTask` observer)."""
@@ -101,8 +123,10 @@ class ChunkLog:
             first = False
             self._add(row)
             if self._file is not None:
-                self._file.write(json.dumps(row, separators=(",", ":"), default=str))
-                self._file.write("\n")
+                try:
+                    self._file.write(json.dumps(row, separators=(",", ":"), default=str) + "\n")
+                except OSError as err:
+                    self._give_up(err)
         if time.monotonic() - self._flushed > _FLUSH_EVERY_S:
             self.flush()
 

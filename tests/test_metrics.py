@@ -156,3 +156,30 @@ def test_a_resumed_run_appends_and_counts_only_its_own_rows(fileset, tmp_path):
     assert rows[: len(first)] == first
     mine = read_chunks(out / CHUNKS_NAME, run=outcome.report["started"])
     assert len(mine) == len(rows) - len(first) == outcome.report["performance"]["chunk_attempts"]
+
+
+def test_a_full_disk_ends_the_rows_with_a_warning_not_the_run(caplog):
+    """Writing to /dev/full fails as a full disk does: the rows stop, the figures go on."""
+    from coffea_hpc.backends._task import Settled
+    from coffea_hpc.metrics import ChunkLog
+    from coffea_hpc.processing.result import Result
+
+    path = Path("/dev/full")
+    if not path.exists():
+        pytest.skip("no /dev/full here")
+    chunk = Chunk("DY", "/data/a.root", "Events", 0, 10)
+    rows = [dict(_row(chunk), wall_s=0.5) for _ in range(3)]
+    with ChunkLog(path, run="r") as log:
+        for i, row in enumerate(rows):
+            log(Settled(None, i, 0.0, Result(chunk_rows=(row,)), None, {}))
+        log.flush()
+        log(Settled(None, 9, 0.0, Result(chunk_rows=(dict(rows[0]),)), None, {}))
+    assert "no longer written" in caplog.text
+    assert log.figures(1.0, 2)["busy_s"] == 2.0
+
+
+def _row(chunk: Chunk) -> dict:
+    from coffea_hpc.processing.measure import ChunkProbe
+
+    return ChunkProbe(chunk, 0).row("ok", 100, stats={"buildtime": 0.1, "processtime": 0.2,
+                                                      "columns": {"x"}})

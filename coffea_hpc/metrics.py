@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -210,9 +211,10 @@ class ChunkLog:
         }
 
 
-def read_chunks(path: str | Path, run: str | None = None) -> list[dict[str, Any]]:
-    """The rows of a chunks file (those of ``run`` only, if given); a last line cut short
-    by a run that died is skipped."""
+def read_chunks(path: str | Path, run: str | None = None,
+                fields: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of a chunks file (those of ``run`` only, if given; only ``fields`` of
+    them, if given); a last line cut short by a run that died is skipped."""
     rows = []
     with open(path) as f:
         for line in f:
@@ -221,7 +223,7 @@ def read_chunks(path: str | Path, run: str | None = None) -> list[dict[str, Any]
             except json.JSONDecodeError:
                 continue
             if run is None or row.get("run") == run:
-                rows.append(row)
+                rows.append(row if fields is None else {k: row.get(k) for k in fields})
     return rows
 
 

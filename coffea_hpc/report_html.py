@@ -31,6 +31,11 @@ _FAILED = "#d62728"
 _W = 900
 _MAX_BARS = 20_000
 """Chunks drawn in the timeline at most; beyond, an even sample (said in the caption)."""
+_MAX_LANES = 150
+"""Worker processes drawn as lanes of their own at most; beyond, one lane per host."""
+_FIELDS = ("dataset", "file", "entrystart", "entrystop", "entries", "host", "pid", "start",
+           "end", "wall_s", "outcome", "attempt")
+"""What the page uses of a row (a run of 10^5 chunks is read in full)."""
 
 
 def write_report(out_dir: str | Path, target: str | Path | None = None) -> Path:
@@ -48,8 +53,8 @@ def write_report(out_dir: str | Path, target: str | Path | None = None) -> Path:
     chunks_path = out_dir / CHUNKS_NAME
     rows: list[dict[str, Any]] = []
     if chunks_path.is_file():
-        rows = read_chunks(chunks_path, run=report.get("started")) \
-            or read_chunks(chunks_path)
+        rows = read_chunks(chunks_path, run=report.get("started"), fields=_FIELDS) \
+            or read_chunks(chunks_path, fields=_FIELDS)
     target = Path(target) if target is not None else out_dir / "report.html"
     target.write_text(render_report(report, rows))
     return target
@@ -71,7 +76,8 @@ def render_report(report: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str
                  "events count evenly over the time it ran).",
                  _throughput(done, t0)),
         _section("timeline", "Per-worker timeline",
-                 "One lane per worker process; one bar per chunk, coloured by dataset (red: "
+                 "One lane per worker process (per host, beyond "
+                 f"{_MAX_LANES} processes); one bar per chunk, coloured by dataset (red: "
                  "failed). Gaps are a worker waiting for work." + _sampled_note(done),
                  _legend(colours) + _timeline(done, t0, colours)),
         _section("durations", "Chunk duration per dataset",
@@ -275,18 +281,23 @@ def _throughput(rows: Sequence[dict[str, Any]], t0: float) -> str:
 def _timeline(rows: Sequence[dict[str, Any]], t0: float, colours: dict[str, str]) -> str:
     if not rows:
         return _empty("chunks")
-    lanes: dict[tuple[Any, Any], int] = {}
+    per_host = len({(r["host"], r["pid"]) for r in rows}) > _MAX_LANES
+
+    def lane_of(r: dict[str, Any]) -> str:
+        return str(r["host"]) if per_host else f"{r['host']}:{r['pid']}"
+
+    lanes: dict[str, int] = {}
     for r in sorted(rows, key=lambda r: r["start"]):
-        lanes.setdefault((r["host"], r["pid"]), len(lanes))
+        lanes.setdefault(lane_of(r), len(lanes))
     drawn = rows if len(rows) <= _MAX_BARS else rows[:: math.ceil(len(rows) / _MAX_BARS)]
-    lane_h = max(4.0, min(22.0, 400 / len(lanes)))
+    lane_h = max(1.5, min(22.0, 400 / len(lanes)))
     svg = _Svg(int(lane_h * len(lanes) + 40), left=130)
     span = max(max(r["end"] for r in rows) - t0, 1e-3)
-    for (host, pid), i in lanes.items():
+    for name, i in lanes.items():
         if lane_h >= 10:
-            svg.text(svg.left - 6, svg.top + i * lane_h + lane_h * 0.7, f"{host}:{pid}", "end")
+            svg.text(svg.left - 6, svg.top + i * lane_h + lane_h * 0.7, name, "end")
     for r in drawn:
-        i = lanes[(r["host"], r["pid"])]
+        i = lanes[lane_of(r)]
         x = svg.left + (r["start"] - t0) / span * svg.plot_w
         w = (r["end"] - r["start"]) / span * svg.plot_w
         colour = colours.get(r["dataset"], _PALETTE[0]) if r["outcome"] == "ok" else _FAILED

@@ -144,3 +144,18 @@ def test_a_directory_without_a_report_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert re.search(r"error: .* has no report\.json", err) and "Traceback" not in err
+
+
+def test_a_large_run_draws_one_lane_per_host_and_a_sample_of_its_chunks():
+    """200 nodes of 64 workers would be 12,800 lanes: beyond 150 processes, a lane per
+    host; beyond 20,000 chunks, an even sample, said in the caption."""
+    rows = [{"dataset": "DY", "file": f"f{i % 500}.root", "entrystart": 0, "entrystop": 10,
+             "entries": 10, "host": f"node{i % 200}", "pid": i % 12_800, "start": i * 0.01,
+             "end": i * 0.01 + 5, "wall_s": 5.0, "outcome": "ok", "attempt": 1}
+            for i in range(30_000)]
+    page = render_report({"status": "complete", "datasets": [{"name": "DY"}]}, rows)
+    timeline = _plots(page).plots["timeline"]
+    assert 0 < timeline["shapes"] <= 20_000
+    assert "20,000 of 30,000 chunks are drawn" in page
+    lanes = re.search(r'id="timeline".*?<svg[^>]*height="(\d+)"', page, re.S)
+    assert lanes and int(lanes.group(1)) <= 200 * 2 + 40

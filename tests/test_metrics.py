@@ -37,10 +37,13 @@ def _baskets_overlapping(path: str, columns: list[str], start: int, stop: int) -
     return total
 
 
-def test_bytes_read_are_the_baskets_of_the_columns_touched(fileset):
+def test_bytes_read_are_the_baskets_of_the_columns_touched(fileset, monkeypatch):
     """The second chunk of a file finds it open: what its source fetched is exactly the
     baskets of the columns the processor touched, nothing of the others. The first chunk
     also paid for opening the file (header, the tree's metadata)."""
+    from coffea_hpc.processing import worker
+
+    monkeypatch.setattr(worker, "_BUILDER", None)  # a fresh worker: no file open yet
     path = fileset.datasets["DYJetsToLL"].files[0].path
     chunks = [Chunk("DYJetsToLL", path, "Events", a, a + 1000) for a in (0, 1000)]
     result = process_chunks(ProcessorHandle.wrap(DimuonProcessor()), chunks, "nanoaod")

@@ -56,7 +56,11 @@ def write_report(out_dir: str | Path, target: str | Path | None = None) -> Path:
         rows = read_chunks(chunks_path, run=report.get("started"), fields=_FIELDS) \
             or read_chunks(chunks_path, fields=_FIELDS)
     target = Path(target) if target is not None else out_dir / "report.html"
-    target.write_text(render_report(report, rows))
+    page = render_report(report, rows)
+    try:
+        target.write_text(page)
+    except OSError as err:
+        raise UserError(f"cannot write {str(target)!r}: {err.strerror or err}") from None
     return target
 
 

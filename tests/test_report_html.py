@@ -140,10 +140,13 @@ def test_the_checks_see_console_errors_and_empty_plots(run_dir, tmp_path):
                                    "plot 'throughput' is empty"}
 
 
-def test_a_directory_without_a_report_is_one_line(tmp_path, capsys):
+def test_a_directory_without_a_report_is_one_line(run_dir, tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert re.search(r"error: .* has no report\.json", err) and "Traceback" not in err
+    assert main(["report", str(run_dir), "-o", str(tmp_path / "no" / "such" / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert "error: cannot write" in err and "No such file" in err and "Traceback" not in err
 
 
 def test_a_large_run_draws_one_lane_per_host_and_a_sample_of_its_chunks():

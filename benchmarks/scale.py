@@ -7,7 +7,8 @@
 ``--backend sim`` replaces the workers by a stand-in whose elements complete at once with a
 realistic result (a dict of histograms of about 100 kB and the element's entry ranges), so
 what is measured is the driver alone: loading a prepared fileset, chunking, submitting,
-the exactly-once ledger, merging, progress and checkpoints. ``--backend parsl`` runs a real
+the exactly-once ledger, merging, progress, checkpoints and writing each chunk's metrics row
+(the sim's results carry one per chunk, as workers' do). ``--backend parsl`` runs a real
 local HighThroughputExecutor (32 workers) with a no-op processor over tiny chunks and
 compares chunks/s with Parsl's own throughput for no-op apps on the same executor settings
 in the same run.
@@ -71,6 +72,13 @@ def _sim_backend(workers: int) -> Any:
     template.view(flow=True)[...] = np.arange(HIST_BINS, dtype=np.float64)
     # a worker's result arrives pickled: unpickling it is the driver's work, making it not
     wire = pickle.dumps({"x": template})
+    columns = [f"Muon_{f}" for f in ("pt", "eta", "phi", "mass", "charge")] + ["nMuon"]
+    row = {"treename": "Events", "entries": ENTRIES_PER_CHUNK, "location": "local",
+           "host": "node001", "pid": 4242, "job": "123456", "block": "0",
+           "start": 1.7e9, "end": 1.7e9 + 0.25, "wall_s": 0.25, "cpu_s": 0.24, "build_s": 0.01,
+           "process_s": 0.23, "bytes_read": 250_000, "columns": columns,
+           "column_bytes": dict.fromkeys(columns, 40_000), "peak_rss": 500_000_000,
+           "outcome": "ok", "error": None}
 
     class SimBackend(PoolBackend):
         """Elements complete at once: the result a worker would send, without the work."""
@@ -90,8 +98,14 @@ def _sim_backend(workers: int) -> Any:
                 ranges += EntryRanges.of((c.dataset, c.filename, c.treename), c.entrystart,
                                          c.entrystop)
             future: Future = Future()
-            future.set_result(Result(value={**pickle.loads(wire), "n": len(element.chunks)},
-                                     processed=ranges, metrics={"chunks": len(element.chunks)}))
+            result = Result(value={**pickle.loads(wire), "n": len(element.chunks)},
+                            processed=ranges, metrics={"chunks": len(element.chunks)})
+            if hasattr(result, "chunk_rows"):  # what a worker measures per chunk, too
+                result.chunk_rows = tuple(
+                    dict(row, dataset=c.dataset, file=c.filename, entrystart=c.entrystart,
+                         entrystop=c.entrystop, column_bytes=dict(row["column_bytes"]))
+                    for c in element.chunks)
+            future.set_result(result)
             return future
 
         def _start(self) -> None:

@@ -38,6 +38,7 @@ def watch(
     on_tick: Callable[[Task], None] | None = None,
     workers: Callable[[], int | None] | None = None,
     blocks: Callable[[], tuple[int, int] | None] | None = None,
+    cores: int | None = None,
 ) -> Result:
     """Wait for ``task``, updating ``reporter``; return its result (or raise its error).
 
@@ -47,6 +48,8 @@ def watch(
     run that waits for a batch queue as waiting, not as stuck, and the log says when
     workers come and go. ``blocks`` gives the backend's batch jobs (pending, running),
     shown beside the workers while a run scales out.
+    ``cores``: the backend's slots, for the rate per core where the connected workers are
+    not known.
     """
     first = task.progress()
     if reporter is not None:
@@ -61,14 +64,14 @@ def watch(
                              "worker" if logged == 1 else "workers")
                 if reporter is not None:
                     reporter.update(replace(task.progress(), workers=count.value,
-                                            blocks=count.blocks))
+                                            blocks=count.blocks, cores=cores))
                 if on_tick is not None:
                     on_tick(task)
         except BaseException:
             task.cancel()
             raise
         finally:
-            last = replace(task.progress(), workers=count.settled(timeout=1.0))
+            last = replace(task.progress(), workers=count.settled(timeout=1.0), cores=cores)
             if reporter is not None:
                 reporter.finish(last)
     log.info("%s: %d/%d %s done, %d failed", label, last.done, last.total, unit, last.failed)

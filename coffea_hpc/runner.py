@@ -35,6 +35,7 @@ from coffea_hpc.checkpoint import (
 from coffea_hpc.data.chunks import Chunk, chunks_of
 from coffea_hpc.data.fileset import Fileset
 from coffea_hpc.errors import ChunkFailedError, CoffeaHPCError, UserError
+from coffea_hpc.metrics import CHUNKS_NAME, ChunkLog
 from coffea_hpc.output import RemoteOutput
 from coffea_hpc.processing.preprocess import Preprocessed, preprocess
 from coffea_hpc.processing.processor import ProcessorHandle, load_processor, postprocess
@@ -155,17 +156,31 @@ def run(
             per_task = chunks_per_task or auto_chunks_per_task(chunks, backend.workers)
             work = Workload(handle, chunks, schema=schema, chunks_per_task=per_task, spill=spill)
 
+            chunk_log = stack.enter_context(ChunkLog(
+                out_dir / CHUNKS_NAME if out_dir else None, append=resume,
+                run=datetime.fromtimestamp(started, timezone.utc).isoformat()))
+            configuration = {
+                "chunksize": chunksize, "chunks_per_task": per_task, "schema": schema,
+                "align_clusters": align_clusters, "limit_files": limit_files,
+                "limit_chunks": limit_chunks, "reduction": reduction.mode,
+                "max_retries": (policy or ErrorPolicy()).max_retries, "resume": resume}
+
             def report(status: str, result: Result, **kw: Any) -> dict[str, Any]:
                 row = _report(status, started, backend, prep, work, result, stages,
                               resumed=checkpoint.base.processed.n_entries, **kw)
                 if run_options is not None:
                     row["options"] = dict(run_options)
+                row["performance"] = chunk_log.figures(stages.seconds.get("processing"),
+                                                       row["workers"])
+                row["configuration"] = configuration
                 return row
 
             # the MPI merge's ranks start now and wait, so the merge begins with the last partial
             merge_job = (stack.enter_context(reduction.merge_job()) if remote_storage is None
                          else None)
             task = backend.compute(work, policy, reducer=reduction.reducer(spill))
+            if hasattr(task, "observe"):
+                task.observe(chunk_log)
             try:
                 with stages("processing"):
                     result = _watch(task, reporter, checkpoint.tick, backend)
@@ -335,7 +350,7 @@ def _watch(task: Task, reporter: Reporter | None, tick: Callable[[Task], None],
 
     return watch(task, "processing", reporter, unit="chunks", on_tick=tick,
                  workers=getattr(backend, "connected_workers", None),
-                 blocks=getattr(backend, "blocks", None))
+                 blocks=getattr(backend, "blocks", None), cores=backend.workers)
 
 
 def _partial(err: ChunkFailedError) -> Result:

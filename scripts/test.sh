@@ -4,7 +4,9 @@
 #     (mpi4py + the mpich wheel, dask, globus-compute-sdk, pytest, ruff);
 #   - Debian's slurm-wlm and munge when running as root and they are missing (the Slurm
 #     tests start a one-node cluster on localhost with scripts/local-slurm.sh and skip,
-#     saying why, where Slurm cannot be installed).
+#     saying why, where Slurm cannot be installed);
+#   - Debian's chromium, likewise: the HTML report is opened in headless Chromium (those
+#     tests skip, saying why, without it).
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +26,17 @@ if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1
     apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
   else
     echo "slurm-wlm/munge not installed and cannot install them here: Slurm tests will skip"
+  fi
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium for the HTML report tests"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "chromium not installed and cannot install it here: browser tests will skip"
   fi
 fi
 

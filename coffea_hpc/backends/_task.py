@@ -50,6 +50,26 @@ class FutureLike(Protocol):
 
 Submit = Callable[[WorkElement], FutureLike]
 
+Observer = Callable[["Settled"], None]
+
+
+class Settled:
+    """An element as it came back, for an observer (`FutureTask.observe`): which element,
+    when the driver submitted it, its result or the error it died of, and how often each of
+    its keys had failed before."""
+
+    __slots__ = ("attempts", "element", "error", "result", "submitted", "token")
+
+    def __init__(self, element: WorkElement, token: int, submitted: float | None,
+                 result: Result | None, error: RemoteError | None,
+                 attempts: dict[Hashable, int]) -> None:
+        self.element = element
+        self.token = token
+        self.submitted = submitted
+        self.result = result
+        self.error = error
+        self.attempts = attempts
+
 
 class Reducer(Protocol):
     """Merges partial results while the task runs (see `coffea_hpc.reduction.tree`).
@@ -97,6 +117,8 @@ class FutureTask:
         self._inflight: dict[int, tuple[WorkElement, FutureLike]] = {}
         self._merging: set[int] = set()
         self._next_token = 0
+        self._submitted: dict[int, float] = {}
+        self._observer: Observer | None = None
         self._attempts: dict[Hashable, int] = {}
         self._done: set[Hashable] = set()
         self._failed: dict[Hashable, Failure] = {}
@@ -187,6 +209,11 @@ class FutureTask:
         if self._status in (TaskStatus.PENDING, TaskStatus.RUNNING):
             self._status = TaskStatus.CANCELLED
 
+    def observe(self, observer: Observer) -> None:
+        """Call ``observer`` with every chunk element as it comes back (before its result
+        is added in), from the thread that calls into the task. Metrics hook in here."""
+        self._observer = observer
+
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self._started
@@ -223,6 +250,8 @@ class FutureTask:
         self._next_token += 1
         if merge:
             self._merging.add(token)
+        else:
+            self._submitted[token] = time.time()
         try:
             future = (self._submit_merge if merge else self._submit)(element)
         except Exception as exc:  # submission itself failed: treat like a failed element
@@ -247,7 +276,7 @@ class FutureTask:
                 self._merging.discard(token)
                 self._settle_merge(*entry)
             else:
-                self._settle(*entry)
+                self._settle(*entry, token=token)
             self._schedule_merges()
             if self._status is not TaskStatus.RUNNING:
                 return
@@ -255,15 +284,17 @@ class FutureTask:
         if self._status is TaskStatus.RUNNING and not self._inflight:
             self._complete()
 
-    def _settle(self, element: WorkElement, future: FutureLike) -> None:
+    def _settle(self, element: WorkElement, future: FutureLike, *, token: int = -1) -> None:
         try:
             result: Result = future.result()
             errors = {f.key: f.error for f in result.failures}
+            died = None
         except BaseException as exc:  # the element died as a whole (worker lost, cancelled
             # by someone else: what the task cancels itself never comes back here)
             result = Result()
-            error = RemoteError.from_exception(exc)
-            errors = dict.fromkeys(element.keys, error)
+            died = RemoteError.from_exception(exc)
+            errors = dict.fromkeys(element.keys, died)
+        self._tell(element, token, None if died else result, died)
         try:
             self._acc.absorb(result.without_failures())
         except MergeError as err:
@@ -368,6 +399,16 @@ class FutureTask:
             self._failed[key] = failure
             self._acc.failures = (*self._acc.failures, failure)
 
+    def _tell(self, element: WorkElement, token: int, result: Result | None,
+              error: RemoteError | None) -> None:
+        submitted = self._submitted.pop(token, None)
+        if self._observer is None:
+            return
+        try:
+            self._observer(Settled(element, token, submitted, result, error, self._attempts))
+        except Exception as err:  # measuring must never stop the work it measures
+            log.warning("recording metrics failed: %s: %s", type(err).__name__, err)
+
     def _unmergeable(self, element: WorkElement, err: MergeError) -> None:
         """A result that cannot be added to the others (outputs of different types or
         binnings) stops the task. An in-place merge may have changed part of the running
@@ -449,6 +490,7 @@ class FutureTask:
             if result.failures:
                 continue
             del self._inflight[token]
+            self._tell(element, token, result, None)
             self._acc.absorb(result)
             self._mark_done(element, list(element.keys))
 
@@ -465,6 +507,7 @@ class FutureTask:
                 self._acc.value = merge_values(self._acc.value, self._reducer.inputs(element))
         self._inflight.clear()
         self._merging.clear()
+        self._submitted.clear()
 
     def _remaining(self) -> Computable:
         return self._work.subset(k for k in self._all_keys if k not in self._done)

@@ -93,6 +93,8 @@ class TaskProgress:
     """Workers connected to the backend now, where it can tell (see `watch`)."""
     blocks: tuple[int, int] | None = None
     """Batch jobs of workers (pending, running), where the backend has them."""
+    cores: int | None = None
+    """The backend's slots, for events/s per core where connected workers are unknown."""
 
 
 @dataclass(frozen=True, kw_only=True)

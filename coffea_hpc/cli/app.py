@@ -267,9 +267,9 @@ def _by_error(failures: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 
 def _register_subcommands() -> None:
-    from coffea_hpc.cli import globus, merge, sites
+    from coffea_hpc.cli import globus, merge, report, sites
 
-    for module in (sites, merge, globus):
+    for module in (sites, merge, globus, report):
         module.register(app)
 
 

@@ -26,14 +26,18 @@ __all__ = ["RichReporter", "summary_table"]
 
 
 class _RateColumn(ProgressColumn):
-    """Events per second for chunk bars (files per second would mean little)."""
+    """Events per second for chunk bars (files per second would mean little), and per core:
+    per connected worker where the backend counts them, else per slot."""
 
     def render(self, task: Task) -> Text:
         events = task.fields.get("events", 0)
         elapsed = task.elapsed or 0.0
         if not events or elapsed <= 0:
             return Text("")
-        return Text(f"{_si(events / elapsed)} ev/s", style="progress.data.speed")
+        rate = events / elapsed
+        cores = task.fields.get("workers") or task.fields.get("cores")
+        per_core = f" {_si(rate / cores)} Hz/core" if cores else ""
+        return Text(f"{_si(rate)} ev/s{per_core}", style="progress.data.speed")
 
 
 class _WorkersColumn(ProgressColumn):
@@ -100,7 +104,7 @@ class RichReporter:
         self._progress.start()
         self._task_id = self._progress.add_task(label, total=total, events=0, failed=0,
                                                 done=0, retries=0, retrying=0, workers=None,
-                                                blocks=None,
+                                                blocks=None, cores=None,
                                                 start_time=time.monotonic())
 
     def update(self, progress: TaskProgress) -> None:
@@ -117,6 +121,7 @@ class RichReporter:
             retrying=progress.retrying,
             workers=progress.workers,
             blocks=progress.blocks,
+            cores=progress.cores,
         )
 
     def finish(self, progress: TaskProgress) -> None:
@@ -145,8 +150,31 @@ def summary_table(report: dict[str, Any]) -> Table:
     if stages:
         table.caption += "\ntime: " + ", ".join(
             f"{name.replace('_', ' ')} {seconds:.1f} s" for name, seconds in stages.items())
+    perf = report.get("performance") or {}
+    if perf.get("events_per_s") is not None:
+        table.caption += "\n" + _performance_line(perf)
     table.caption_justify = "left"
     return table
+
+
+def _performance_line(perf: dict[str, Any]) -> str:
+    """Processing throughput and where the time went (see docs/performance.md)."""
+    parts = [f"processing: {_si(perf['events_per_s'])} events/s"]
+    if perf.get("hz_per_core") is not None:
+        parts.append(f"{_si(perf['hz_per_core'])} Hz/core")
+    if perf.get("utilisation") is not None:
+        parts.append(f"workers busy {perf['utilisation']:.0%}")
+    parts.append(f"queued {perf['queue_wait_s']:.1f} s")
+    lost = perf["lost_to_retries_s"] + perf["lost_to_ended_workers_s"]
+    if lost:
+        parts.append(f"lost to failures {lost:.1f} s")
+    line = ", ".join(parts)
+    slowest = perf.get("slowest_files") or []
+    if slowest:
+        top = slowest[0]
+        line += f"\nslowest file: {top['file']} ({top['busy_s']:.1f} s, " \
+                f"{_si(top['events_per_s'] or 0)} events/s)"
+    return line
 
 
 def _si(value: float) -> str:

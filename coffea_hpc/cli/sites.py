@@ -180,16 +180,21 @@ def submit(
                   f"coffea-hpc logs {record.job_id} -f", highlight=False)
     out.print(record.job_id)
     if wait:
+        from coffea_hpc.sites.submit import status as status_line
         from coffea_hpc.sites.submit import wait as wait_for
 
-        console.print(f"job {record.job_id}: {wait_for(record.job_id)}")
+        state = wait_for(record.job_id)
+        console.print(f"job {record.job_id}: {status_line(record.job_id)}", highlight=False)
+        if state.state != "COMPLETED":
+            raise typer.Exit(1)
 
 
 def status(job_id: Annotated[str, typer.Argument(help="Job id from 'submit'.")]) -> None:
-    """The batch system's state of a submitted job."""
+    """The batch system's state of a submitted job, and how it ended: COMPLETED, FAILED,
+    TIMEOUT, OUT_OF_MEMORY or CANCELLED."""
     from coffea_hpc.sites.submit import status as job_status
 
-    out.print(job_status(job_id))
+    out.print(job_status(job_id), highlight=False)
 
 
 def logs(

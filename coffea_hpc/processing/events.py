@@ -20,10 +20,11 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import awkward as ak
+import numpy as np
 import uproot
 from coffea.nanoevents import NanoEventsFactory
 from coffea.nanoevents.mapping.uproot import TrivialUprootOpener, UprootSourceMapping
@@ -116,6 +117,8 @@ class _OpenFile:
     tree: Any
     uuid: str
     forms: dict[type, tuple[ak.forms.Form, dict[str, Any], BaseSchema]]
+    baskets: dict[str, tuple[np.ndarray, np.ndarray] | None] = field(default_factory=dict)
+    """Per branch: the first entry of each basket (and the end) and its compressed bytes."""
 
 
 class _ChunkSchema:
@@ -190,6 +193,35 @@ class EventsBuilder:
         entry.tree.file.close()
         self.closed += 1
 
+    def bytes_read(self, path: str, treename: str) -> int:
+        """Bytes fetched so far from the open file's storage (0 when it is not open): the
+        difference across a chunk is what the chunk read."""
+        entry = self._files.get((path, treename))
+        if entry is None:
+            return 0
+        source = entry.tree.file.source
+        source = getattr(source, "fallback", None) or source
+        return int(getattr(source, "num_requested_bytes", 0))
+
+    def column_bytes(self, chunk: Chunk, columns: list[str]) -> dict[str, int]:
+        """Compressed bytes of the baskets of each column that the chunk's entries overlap,
+        from the tree's metadata (baskets embedded in the tree's own record are left out)."""
+        entry = self._files.get((chunk.filename, chunk.treename))
+        if entry is None:
+            return {}
+        out = {}
+        for name in columns:
+            index = entry.baskets.get(name, False)
+            if index is False:
+                index = entry.baskets[name] = _basket_index(entry.tree, name)
+            if index is None:
+                continue
+            starts, sizes = index
+            first = max(int(np.searchsorted(starts, chunk.entrystart, side="right")) - 1, 0)
+            last = int(np.searchsorted(starts, chunk.entrystop, side="left"))
+            out[name] = int(sizes[first:last].sum())
+        return out
+
     def tree(self, path: str, treename: str) -> Any:
         """The open tree, from the cache (preprocessing with cluster alignment uses it, so a
         worker that inspected a file and then processes it opens it once)."""
@@ -237,3 +269,14 @@ class EventsBuilder:
         base_metadata = dict(form.parameters.get("metadata") or {})
         entry.forms[schemaclass] = (form, base_metadata, schema)
         return entry.forms[schemaclass]
+
+
+def _basket_index(tree: Any, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        branch = tree[name]
+        n = branch._num_normal_baskets  # uproot's count; embedded ones would need a read
+        starts = np.asarray(branch.member("fBasketEntry")[: n + 1], dtype=np.int64)
+        sizes = np.asarray(branch.member("fBasketBytes")[:n], dtype=np.int64)
+    except Exception:  # not a branch of this tree (a derived column): nothing to count
+        return None
+    return starts, sizes

@@ -174,6 +174,9 @@ class Result:
     failures: tuple[Failure, ...] = ()
     metrics: dict[str, Any] = field(default_factory=dict)
     unattempted: tuple[Hashable, ...] = ()
+    chunk_rows: tuple[dict[str, Any], ...] = field(default=(), repr=False, compare=False)
+    """What the worker measured per chunk (`coffea_hpc.processing.measure`): read by the
+    driver as the result arrives, never added up (``+`` and `absorb` drop it)."""
     _owned: bool = field(default=False, repr=False, compare=False)
 
     @property
@@ -212,4 +215,4 @@ class Result:
         return self
 
     def without_failures(self) -> Result:
-        return replace(self, failures=(), unattempted=())
+        return replace(self, failures=(), unattempted=(), chunk_rows=())

@@ -27,6 +27,7 @@ from coffea_hpc.data.chunks import Chunk
 from coffea_hpc.data.ranges import EntryRanges
 from coffea_hpc.errors import ReadError, UserError
 from coffea_hpc.processing.events import EventsBuilder
+from coffea_hpc.processing.measure import ChunkProbe
 from coffea_hpc.processing.processor import ProcessorHandle, run_processor
 from coffea_hpc.processing.result import Failure, RemoteError, Result
 from coffea_hpc.reduction.spill import SpilledRef, SpillPolicy, SpillSet, serialized_size
@@ -180,29 +181,39 @@ def process_chunks(
     The first chunk that fails ends the batch: the chunks after it are returned unattempted,
     so a processor that raises on every chunk is not called for all of them.
     """
+    probe = ChunkProbe(chunks[0], 0)
     try:
         proc = processor.load()
         schemaclass = resolve_schema(schema)
     except Exception as exc:  # the analyst's code cannot be loaded here: data, not a crash
         error = RemoteError.from_exception(exc, skip_frames_in=_OWN_CODE)
         return Result(failures=(Failure(chunks[0].key, error, label=chunks[0].describe()),),
-                      unattempted=tuple(c.key for c in chunks[1:]))
+                      unattempted=tuple(c.key for c in chunks[1:]),
+                      chunk_rows=(probe.row("failed", 0, error=error.summary()),))
     acc = Result()
     failures: list[Failure] = []
     spilled: list[SpilledRef] = []
     unattempted: tuple[Any, ...] = ()
+    rows: list[dict[str, Any]] = []
+    events = builder()
     with _fewer_gc_pauses():
         for i, chunk in enumerate(chunks):
+            probe = ChunkProbe(chunk, events.bytes_read(chunk.filename, chunk.treename))
             try:
-                acc.absorb(_process_one(proc, chunk, schemaclass, metrics))
+                part = _process_one(proc, chunk, schemaclass, metrics)
+                acc.absorb(part)
             except Exception as exc:
                 error = RemoteError.from_exception(_as_read_error(exc, chunk),
                                                    skip_frames_in=_OWN_CODE)
                 failures.append(Failure(chunk.key, error, label=chunk.describe()))
                 unattempted = tuple(c.key for c in chunks[i + 1:])
+                rows.append(probe.row("failed", events.bytes_read(chunk.filename,
+                                                                  chunk.treename),
+                                      error=error.summary()))
                 break
             finally:
                 _OLD_GARBAGE.after_chunk(builder().closed)
+            rows.append(_ok_row(probe, part, events))
             if spill is not None and spill.threshold > 0 and acc.value is not None \
                     and serialized_size(acc.value) >= spill.threshold:
                 spilled.append(spill_value(acc.value, spill.directory, spill.key))
@@ -215,7 +226,19 @@ def process_chunks(
         acc.value = SpillSet(tuple(spilled), acc.value)
     acc.failures = tuple(failures)
     acc.unattempted = unattempted
+    acc.chunk_rows = tuple(rows)
     return acc
+
+
+def _ok_row(probe: ChunkProbe, part: Result, events: EventsBuilder) -> dict[str, Any]:
+    chunk = probe.chunk
+    columns = sorted(part.metrics.get("columns", ()))
+    try:
+        per_column = events.column_bytes(chunk, columns)
+    except Exception:  # a tree whose metadata is unusual: the chunk's result matters more
+        per_column = {}
+    return probe.row("ok", events.bytes_read(chunk.filename, chunk.treename),
+                     stats=part.metrics, column_bytes=per_column)
 
 
 def _process_one(proc: Any, chunk: Chunk, schemaclass: type, metrics: bool) -> Result:

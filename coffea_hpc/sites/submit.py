@@ -3,7 +3,9 @@
 The job script is rendered from a template in ``templates/`` (``string.Template``; every
 scheduler directive lives there), written next to the output, and handed to the scheduler's
 own submit command. A small record of the job (script, log, output) is kept under
-``~/.local/state/coffea-hpc/jobs`` so ``status``, ``logs`` and ``cancel`` need only its id.
+``~/.local/state/coffea-hpc/jobs`` so ``status``, ``logs`` and ``cancel`` need only its id;
+once ``status`` has seen how the job ended, the record keeps that too, for when the
+scheduler has forgotten the job (`coffea_hpc.sites.jobstate`).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from string import Template
 
 from coffea_hpc import output as files
 from coffea_hpc._resources import resource_dir
 from coffea_hpc.errors import SiteError
+from coffea_hpc.sites.jobstate import JobState, query
 from coffea_hpc.sites.schema import SiteConfig
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "JobRecord",
     "cancel",
     "job_record",
+    "job_state",
     "render_job",
     "status",
     "submit_job",
@@ -78,6 +82,9 @@ class JobRecord:
     log: str
     output: str
     site: str
+    state: str = ""
+    """How the job ended, once a status query has seen it (COMPLETED, TIMEOUT, ...)."""
+    exit_code: str = ""
 
 
 def _state_dir() -> Path:
@@ -212,33 +219,36 @@ def job_record(job_id: str) -> JobRecord:
     return JobRecord(**json.loads(path.read_text()))
 
 
-def status(job_id: str) -> str:
-    """The scheduler's state of the job, or 'finished' once it has left the queue."""
+def job_state(job_id: str) -> JobState:
+    """The job's state: PENDING, RUNNING, ..., then how it ended (kept in its record once
+    seen); UNKNOWN once the scheduler has forgotten a job whose end nobody saw."""
     record = job_record(job_id)
-    scheduler = SCHEDULERS[record.scheduler]
-    proc = subprocess.run([*scheduler.status, record.job_id], capture_output=True, text=True,
-                          timeout=60)
-    text = proc.stdout.strip()
-    if record.scheduler == "pbs":
-        match = re.search(r"job_state = (\w)", text)
-        text = {"Q": "QUEUED", "R": "RUNNING", "E": "EXITING", "H": "HELD",
-                "F": "FINISHED"}.get(match.group(1), match.group(1)) if match else ""
-    elif record.scheduler == "condor":
-        text = {"1": "IDLE", "2": "RUNNING", "3": "REMOVED", "4": "COMPLETED",
-                "5": "HELD"}.get(text, text)
-    return text or "finished (no longer queued)"
+    if record.state:
+        return JobState(record.state, record.exit_code, source="record")
+    state = query(record.scheduler, record.job_id)
+    if state.final:
+        path = _state_dir() / f"{record.job_id}.json"
+        path.write_text(json.dumps(asdict(replace(record, state=state.state,
+                                                  exit_code=state.exit_code))))
+    return state
 
 
-def wait(job_id: str, poll: float = 2.0) -> str:
-    """Poll the scheduler until the job has left the queue; its last state."""
+def status(job_id: str) -> str:
+    """The state as a line for the analyst."""
+    state = job_state(job_id)
+    if state.state == "UNKNOWN":
+        return ("finished (no longer known to the scheduler, which keeps no accounting; "
+                "how it ended was not seen: see 'coffea-hpc logs')")
+    return state.describe()
+
+
+def wait(job_id: str, poll: float = 2.0) -> JobState:
+    """Poll the scheduler until the job has ended (or been forgotten); how it ended."""
     while True:
-        state = status(job_id)
-        if state.startswith("finished") or state in _FINAL:
+        state = job_state(job_id)
+        if state.final or state.state == "UNKNOWN":
             return state
         time.sleep(poll)
-
-
-_FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "FINISHED", "REMOVED")
 
 
 def cancel(job_id: str) -> None:

@@ -53,3 +53,32 @@ def test_counts_are_singular_when_one():
     text = " ".join(console.export_text().split())  # the caption wraps at the table's width
     assert "1 event in" in text and "with 1 worker;" in text
     assert "1 failed chunk," in text and "2 skipped files" in text
+
+
+def test_the_rate_is_shown_per_core_too():
+    """Per connected worker where the backend counts them, else per slot of the backend."""
+    slots = TaskProgress(total=10, done=3, failed=0, total_weight=100_000, done_weight=30_000,
+                         cores=4)
+    shown = _shown(slots)
+    assert "ev/s" in shown and "Hz/core" in shown
+    nothing = TaskProgress(total=10, done=3, failed=0, total_weight=100_000,
+                           done_weight=30_000)
+    assert "Hz/core" not in _shown(nothing)
+
+
+def test_the_summary_says_where_the_time_went():
+    from coffea_hpc.cli.progress import summary_table
+
+    report = {"status": "complete", "datasets": [], "events": 1000, "wall_time_s": 2.0,
+              "events_per_s": 500.0, "backend": "futures", "workers": 2, "failed_chunks": [],
+              "skipped_files": [], "stages_s": {"processing": 1.5},
+              "performance": {"events_per_s": 666.7, "hz_per_core": 333.3, "utilisation": 0.9,
+                              "queue_wait_s": 0.25, "lost_to_retries_s": 0.5,
+                              "lost_to_ended_workers_s": 0.0,
+                              "slowest_files": [{"file": "/data/a.root", "busy_s": 1.2,
+                                                 "events_per_s": 400.0}]}}
+    console = Console(file=io.StringIO(), width=200, record=True)
+    console.print(summary_table(report))
+    text = " ".join(console.export_text().split())  # the caption wraps at the table's width
+    assert "667 events/s, 333 Hz/core, workers busy 90%, queued 0.2 s" in text
+    assert "lost to failures 0.5 s" in text and "slowest file: /data/a.root (1.2 s" in text

@@ -17,10 +17,11 @@ from coffea.util import load
 
 from coffea_hpc.cli.app import main
 from coffea_hpc.examples.dimuon import DimuonProcessor
+from coffea_hpc.metrics import read_chunks
 from coffea_hpc.runner import run
 from coffea_hpc.sites import resolve_site
 from coffea_hpc.sites.check import check_site
-from coffea_hpc.sites.submit import job_record, render_job, status
+from coffea_hpc.sites.submit import job_record, job_state, render_job
 from tests.helpers import assert_same, processes_mentioning, write_slow_processor
 from tests.sites.conftest import slurm_diagnosis
 
@@ -49,7 +50,7 @@ def _drained(job_id: str = "", timeout: float = 60) -> bool:
 
 def _wait_until_finished(job_id: str, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
-    while not status(job_id).startswith("finished") and time.monotonic() < deadline:
+    while not job_state(job_id).final and time.monotonic() < deadline:
         time.sleep(1)
 
 
@@ -69,6 +70,9 @@ def test_run_with_pilot_jobs_through_parsls_slurm_provider(slurm_cluster, filese
     assert certificates and (certificates[0] / "client.key_secret").exists()
     assert certificates[0].stat().st_mode & 0o077 == 0
     assert _drained(), _squeue()
+    # every chunk's row names the pilot job and Parsl block its worker ran in
+    rows = read_chunks(tmp_path / "chunks.jsonl")
+    assert rows and all(r["job"] and r["block"] is not None for r in rows), rows[:1]
 
 
 def test_submit_runs_the_driver_inside_an_allocation(slurm_cluster, fileset_path,
@@ -87,6 +91,8 @@ def test_submit_runs_the_driver_inside_an_allocation(slurm_cluster, fileset_path
     assert f"job {job_id} on 1 node(s)" in log
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "complete" and report["backend"] == "parsl"
+    assert {r["job"] for r in read_chunks(out / "chunks.jsonl")} == {job_id}
+    assert job_state(job_id).state == "COMPLETED"
     assert record.log == str(out / "submit" / "coffea-hpc.log")
     code = main(["logs", job_id])
     assert code == 0 and "coffea-hpc run: complete" in capsys.readouterr().out

@@ -306,8 +306,9 @@ def _installed(module: ModuleType) -> bool:
     container = top_location.parent
     if container in _pth_folders():
         return True
-    return any(_distribution_holds(name, container)
-               for name in _distributions_by_top_level().get(top_name, ()))
+    return _distribution_in(container, top_name) or any(
+        container.is_relative_to(root) and top_name in tops
+        for root, tops in _editable_installs())
 
 
 def _location(module: ModuleType) -> Path | None:
@@ -348,27 +349,47 @@ def _pth_folders() -> frozenset[Path]:
     return frozenset(out)
 
 
+def _distribution_in(folder: Path, top_name: str) -> bool:
+    """Whether a distribution installed into ``folder`` (a target on ``PYTHONPATH``, an LCG
+    view) provides ``top_name``. Only that folder's metadata is read: reading every
+    installed distribution's file list took seconds, paid by every run of an analyst's
+    module, which is never installed."""
+    if not any(folder.glob("*.dist-info")) and not any(folder.glob("*.egg-info")):
+        return False
+    return any(top_name in _top_levels(dist)
+               for dist in importlib.metadata.distributions(path=[str(folder)]))
+
+
 @functools.cache
-def _distributions_by_top_level() -> dict[str, list[str]]:
-    return dict(importlib.metadata.packages_distributions())
+def _editable_installs() -> tuple[tuple[Path, frozenset[str]], ...]:
+    """(source tree, top-level names) of every editable install: one small file read per
+    distribution, and file lists only for the editable ones."""
+    out = []
+    for dist in importlib.metadata.distributions():
+        try:
+            url = json.loads(dist.read_text("direct_url.json") or "{}")
+        except ValueError:
+            continue
+        if not url.get("dir_info", {}).get("editable"):
+            continue
+        parsed = urlparse(url.get("url", ""))
+        if parsed.scheme == "file":
+            out.append((Path(unquote(parsed.path)).resolve(), frozenset(_top_levels(dist))))
+    return tuple(out)
 
 
-def _distribution_holds(name: str, container: Path) -> bool:
-    try:
-        dist = importlib.metadata.distribution(name)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    if Path(str(dist.locate_file(""))).resolve() == container:
-        return True
-    try:  # an editable install: its source tree holds the module
-        url = json.loads(dist.read_text("direct_url.json") or "{}")
-    except ValueError:
-        return False
-    if not url.get("dir_info", {}).get("editable"):
-        return False
-    parsed = urlparse(url.get("url", ""))
-    return parsed.scheme == "file" and container.is_relative_to(
-        Path(unquote(parsed.path)).resolve())
+def _top_levels(dist: importlib.metadata.Distribution) -> set[str]:
+    declared = dist.read_text("top_level.txt")
+    if declared:
+        return set(declared.split())
+    names = set()
+    for file in dist.files or ():
+        first = file.parts[0] if file.parts else ""
+        if len(file.parts) > 1 and not first.endswith((".dist-info", ".egg-info", ".data")):
+            names.add(first)
+        elif len(file.parts) == 1 and file.suffix in (".py", ".so", ".pyd"):
+            names.add(file.name.partition(".")[0])
+    return names
 
 
 @contextlib.contextmanager

@@ -196,6 +196,34 @@ def test_package_on_pythonpath_is_carried(tmp_path, isolated, monkeypatch):
     assert _call_elsewhere(ProcessorHandle.wrap(proc), isolated, "21") == "42"
 
 
+def test_a_distribution_installed_into_a_folder_on_pythonpath_goes_by_name(
+        tmp_path, isolated, monkeypatch):
+    """``pip install --target DIR`` (or an LCG view) on PYTHONPATH: the package is installed
+    for every worker that shares the environment, so it is imported there, not carried;
+    its folder's own metadata says so (a wheel without top_level.txt: from its file list).
+    A package beside it that no distribution provides is still carried."""
+    root = _write_tree(tmp_path / "target", {
+        "corrlib/__init__.py": "def scale(x):\n    return 3 * x\n",
+        "corrlib-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: corrlib\n"
+                                          "Version: 1.0\n",
+        "corrlib-1.0.dist-info/RECORD": "corrlib/__init__.py,,\n"
+                                        "corrlib-1.0.dist-info/METADATA,,\n",
+        "stray/__init__.py": "def scale(x):\n    return 5 * x\n",
+    })
+    analysis = _write_tree(tmp_path / "ana", {"ana.py": """
+        import corrlib
+        import stray
+
+        class Ana:
+            def process(self, events):
+                return corrlib.scale(events) + stray.scale(events)
+    """}) / "ana.py"
+    monkeypatch.syspath_prepend(str(root))
+    proc = load_processor(f"{analysis}:Ana")
+    assert sorted(m.__name__ for m in _user_modules(proc)) == sorted(
+        [type(proc).__module__, "stray"])
+
+
 def test_driver_script_instances_and_functions_are_carried(analysis, isolated):
     (analysis / "thresholds.py").write_text(textwrap.dedent("""
         class Threshold:  # reached only through the processor's attribute

@@ -20,7 +20,7 @@ import logging
 import queue
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any, Protocol
 
 from coffea_hpc.backends.protocol import (
@@ -127,9 +127,9 @@ class FutureTask:
         self._retries = 0
         self._status = TaskStatus.PENDING
         self._stop: ChunkFailedError | None = None
-        self._all_keys = list(work.keys())
+        self._total = len(work)
         self._started = time.monotonic()
-        self._backlog: deque[WorkElement] = deque()
+        self._backlog = _Backlog(work)
         self._probing: set[Hashable] = set()
         """Keys whose failure would stop the task, being retried: nothing new starts meanwhile."""
         self._file_of: Callable[[Hashable], Hashable] | None = getattr(work, "file_of", None)
@@ -139,9 +139,9 @@ class FutureTask:
         """File -> its elements that wait for that retry's verdict."""
         self._bad_files: dict[Hashable, RemoteError] = {}
         """Files given up as a whole: their chunks are not tried again."""
-        for element in work:
-            self._total_weight += element.weight
-            self._backlog.append(element)
+        total_weight = getattr(work, "total_weight", None)
+        self._total_weight = total_weight if total_weight is not None else \
+            sum(element.weight for element in work)
         self._fill()
         if not self._inflight:
             self._status = TaskStatus.COMPLETE
@@ -192,7 +192,7 @@ class FutureTask:
     def progress(self) -> TaskProgress:
         self._drain(block=False)
         return TaskProgress(
-            total=len(self._all_keys),
+            total=self._total,
             done=len(self._done),
             failed=len(self._failed),
             total_weight=self._total_weight,
@@ -430,7 +430,8 @@ class FutureTask:
 
     def _complete(self) -> None:
         """Finish, after checking that every key is either done or recorded as failed."""
-        missing = [k for k in self._all_keys if k not in self._done and k not in self._failed]
+        every = self._work.keys()
+        missing = [k for k in every if k not in self._done and k not in self._failed]
         if missing:  # a backend lost track of work: never report it as complete
             error = RemoteError(("RuntimeError",), f"{len(missing)} units of work were never "
                                 "answered by the backend")
@@ -510,7 +511,38 @@ class FutureTask:
         self._submitted.clear()
 
     def _remaining(self) -> Computable:
-        return self._work.subset(k for k in self._all_keys if k not in self._done)
+        every = self._work.keys()
+        return self._work.subset(k for k in every if k not in self._done)
+
+
+class _Backlog:
+    """Elements still to submit: those put back (retries, the unattempted rest of a batch,
+    chunks of a block that ended) first, then the rest of the work, made as the window asks
+    for them, so a run of a million chunks never holds a million elements at once."""
+
+    def __init__(self, work: Computable) -> None:
+        self._front: deque[WorkElement] = deque()
+        self._rest: Iterator[WorkElement] = iter(work)
+
+    def __bool__(self) -> bool:
+        if self._front:
+            return True
+        for element in self._rest:
+            self._front.append(element)
+            return True
+        return False
+
+    def popleft(self) -> WorkElement:
+        if not self:
+            raise IndexError("no element left")
+        return self._front.popleft()
+
+    def extendleft(self, elements: Iterable[WorkElement]) -> None:
+        self._front.extendleft(elements)
+
+    def clear(self) -> None:
+        self._front.clear()
+        self._rest = iter(())
 
 
 FREE_RESUBMISSIONS = 3

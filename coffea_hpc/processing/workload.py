@@ -91,6 +91,11 @@ class Workload:
     def keys(self) -> list[ChunkKey]:
         return [c.key for c in self.chunks]
 
+    @property
+    def total_weight(self) -> int:
+        """Events in all the chunks, without making their elements."""
+        return sum(c.entries for c in self.chunks)
+
     @staticmethod
     def file_of(key: Hashable) -> Hashable:
         """The file a chunk reads: a file that cannot be read is given up as a whole."""

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# runs share no metadata cache with the user's own (nor leave anything in ~/.cache)
+os.environ.setdefault("COFFEA_HPC_CACHE_DIR", tempfile.mkdtemp(prefix="coffea-hpc-cache-"))
 
 from coffea_hpc.data.fileset import Fileset
 from coffea_hpc.data.synthetic import SyntheticDataset, generate
@@ -40,3 +46,33 @@ def dimuon():
     from coffea_hpc.examples.dimuon import DimuonProcessor
 
     return DimuonProcessor()
+
+
+@pytest.fixture(scope="session")
+def xrootd_server(fileset: Fileset, data_dir: Path):
+    """A real XRootD server on localhost serving a copy of the session's files; skips, saying
+    why, where xrootd cannot run."""
+    from tests.xrootd_server import XRootDServer, publish, served_folder, xrootd_missing
+
+    reason = xrootd_missing()
+    if reason:
+        pytest.skip(reason)
+    folder = served_folder()
+    publish([Path(f.path) for _, f in fileset.files], data_dir, folder)
+    server = XRootDServer(folder)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def remote_fileset(fileset: Fileset, data_dir: Path, xrootd_server) -> Fileset:
+    """The session's fileset, every file read over root:// from ``xrootd_server``."""
+    mapping = fileset.to_mapping()
+    for ds in mapping.values():
+        ds["files"] = {xrootd_server.url(Path(p).relative_to(data_dir)): spec
+                       for p, spec in ds["files"].items()}
+    return Fileset.from_mapping(mapping)

@@ -70,6 +70,18 @@ SkipBad = Annotated[bool, typer.Option(
     "--skip-bad-files", help="Skip (and report) files that cannot be opened or read.")]
 AlignClusters = Annotated[bool, typer.Option(
     "--align-clusters", help="End chunks on ROOT cluster boundaries (opens every file).")]
+UprootOptions = Annotated[str | None, typer.Option(
+    "--uproot-options",
+    help="Options of every uproot.open, as JSON or YAML text or a file "
+         "(e.g. '{timeout: 30, num_workers: 4}').")]
+XRootDTimeout = Annotated[float | None, typer.Option(
+    "--xrootd-timeout", min=0.0, help="Seconds before an XRootD request gives up.")]
+Redirectors = Annotated[list[str] | None, typer.Option(
+    "--redirector",
+    help="Read /store/... files through this redirector; repeat for fallbacks, in order.")]
+MetadataCachePath = Annotated[str | None, typer.Option(
+    "--metadata-cache",
+    help="Cache of file entries and uuids (default: the user's cache folder; 'off': none).")]
 
 
 def _policy(retries: int, skip_bad_files: bool, continue_on_error: bool = False) -> Any:
@@ -154,6 +166,10 @@ def run(
     inside_allocation: Annotated[bool, typer.Option(
         "--inside-allocation",
         help="Run inside a Slurm/PBS job: workers on the job's nodes.")] = False,
+    uproot_options: UprootOptions = None,
+    xrootd_timeout: XRootDTimeout = None,
+    redirector: Redirectors = None,
+    metadata_cache: MetadataCachePath = None,
     verbose: Verbose = 0,
 ) -> None:
     """Run PROCESSOR over a fileset and write OUTPUT/output.coffea and OUTPUT/report.json."""
@@ -201,6 +217,10 @@ def run(
         resume=resume,
         checkpoint_interval=checkpoint_every,
         reporter=RichReporter(console),
+        uproot_options=uproot_options,
+        xrootd_timeout=xrootd_timeout,
+        redirectors=redirector or (),
+        metadata_cache=metadata_cache if metadata_cache is not None else True,
     )
     console.print(summary_table(outcome.report))
     unreadable = {f["file"] for f in outcome.report["skipped_files"]
@@ -232,6 +252,10 @@ def preprocess(
     workers: Workers = None,
     skip_bad_files: SkipBad = False,
     retries: Annotated[int, typer.Option(min=0, help="Retries per file.")] = 1,
+    uproot_options: UprootOptions = None,
+    xrootd_timeout: XRootDTimeout = None,
+    redirector: Redirectors = None,
+    metadata_cache: MetadataCachePath = None,
     verbose: Verbose = 0,
 ) -> None:
     """Open every file once, record entries and uuid, and split into chunks."""
@@ -239,14 +263,18 @@ def preprocess(
     from coffea_hpc.backends import make_backend
     from coffea_hpc.cli.progress import RichReporter
     from coffea_hpc.processing.preprocess import preprocess as prep
-    from coffea_hpc.runner import load_fileset
+    from coffea_hpc.processing.remote import read_options
+    from coffea_hpc.runner import load_fileset, metadata_cache_for
 
-    fs = load_fileset(fileset)
+    read_opts = read_options(uproot_options, xrootd_timeout)
+    fs = load_fileset(fileset).with_redirectors(redirector or [])
+    cache = metadata_cache_for(metadata_cache, read_opts)
     run_dir = output.parent / f".{output.stem}-parsl" if executor == "parsl" else None
     options = {"run_dir": run_dir} if run_dir else {}
     with make_backend(_check_executor(executor), workers=workers, **options) as backend:
         outcome = prep(fs, backend, chunksize=chunksize, align_clusters=align_clusters,
-                       policy=_policy(retries, skip_bad_files), reporter=RichReporter(console))
+                       policy=_policy(retries, skip_bad_files), reporter=RichReporter(console),
+                       uproot_options=read_opts, cache=cache)
     outcome.fileset.save(output)
     n_chunks = sum(len(f.steps or ()) for _, f in outcome.fileset.files)
     console.print(

@@ -141,11 +141,13 @@ class Fileset(BaseModel):
     ) -> Fileset:
         """Read any of the fileset shapes coffea accepts.
 
-        - ``{dataset: [path, ...]}``
+        - ``{dataset: [path, ...]}``, where a path may be a list of locations of one file
+          (the first is its path, the others its replicas)
         - ``{dataset: {"treename": tree, "files": [path, ...], "metadata": {...}}}``
         - ``{dataset: {"files": {path: tree, ...}, "metadata": {...}}}``
         - ``{dataset: {"files": {path: {"object_path": tree, "steps": [[0, 100], ...],
-          "num_entries": n, "uuid": u}}}}`` (coffea's preprocessed layout, as `save` writes)
+          "num_entries": n, "uuid": u, "replicas": [url, ...]}}}}`` (coffea's preprocessed
+          layout, as `save` writes; ``replicas`` is coffea-hpc's and optional)
         """
         if isinstance(obj, Fileset):
             return obj

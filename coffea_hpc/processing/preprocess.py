@@ -40,8 +40,6 @@ class FileInfo:
     entries: int
     uuid: str
     cluster_starts: tuple[int, ...] | None = None
-    location: str = ""
-    """Where the file was read (its path, or a replica); empty when it came from a cache."""
 
 
 @dataclass(frozen=True)
@@ -74,11 +72,10 @@ class InspectFile:
             if self.clusters:  # cluster boundaries need the branches: open the tree itself
                 tree = files.tree(self.path, self.treename, self.replicas)
                 info = FileInfo(int(tree.num_entries), str(tree.file.uuid),
-                                tuple(int(x) for x in tree.common_entry_offsets()),
-                                files.location(self.path, self.treename) or self.path)
+                                tuple(int(x) for x in tree.common_entry_offsets()))
             else:
-                entries, uuid, location = files.header(self.path, self.treename, self.replicas)
-                info = FileInfo(entries, uuid, None, location)
+                entries, uuid, _ = files.header(self.path, self.treename, self.replicas)
+                info = FileInfo(entries, uuid)
         except Exception as exc:  # the file's own fault, told apart from a lost worker
             if isinstance(exc, OSError):
                 files.forget(self.path, self.treename)
@@ -120,10 +117,8 @@ class Preprocessed:
 
     fileset: Fileset
     skipped: list[Failure] = field(default_factory=list)
-    read_from: dict[str, str] = field(default_factory=dict)
-    """Path -> location of each file opened, for files read somewhere else than their path."""
     failed_locations: set[tuple[str, str, str]] = field(default_factory=set)
-    """``(path, location, error)`` of each location that failed before another answered."""
+    """``(path, location, error)`` of each location that failed to open."""
     opened: int = 0
     """Files opened (the others came from the fileset itself or the metadata cache)."""
 
@@ -201,10 +196,7 @@ def preprocess(
             files.append(_prepared(f, infos.get(key), chunksize))
         if files:
             datasets[ds.name] = Dataset(name=ds.name, files=tuple(files), metadata=ds.metadata)
-    read_from = {path: i.location for (_, path), i in infos.items()
-                 if i.location and i.location != path}
-    return Preprocessed(Fileset(datasets=datasets), skipped, read_from, failed_locations,
-                        len(todo))
+    return Preprocessed(Fileset(datasets=datasets), skipped, failed_locations, len(todo))
 
 
 def _one_line(failure: Failure) -> str:

@@ -154,3 +154,37 @@ def test_a_server_that_never_answers_times_out_and_is_reported(dimuon, tmp_path)
     assert url in skipped["file"]
     assert "expired" in skipped["error"].lower() or "timeout" in skipped["error"].lower()
     assert [row["location"] for row in outcome.report["reads"]["failed_locations"]] == [url]
+
+
+def test_a_replica_server_lost_mid_run_moves_chunks_to_the_next(
+        fileset, data_dir, local_output, second_server, tmp_path):
+    """No retry is spent: a chunk whose read fails is processed again from the replica."""
+    folder = served_folder()
+    try:
+        files = [Path(f.path) for _, f in fileset.files]
+        publish(files, data_dir, folder)
+        publish(files, data_dir, second_server.folder)
+        with XRootDServer(folder) as first:
+            spec = {ds.name: {"files": [[first.url(Path(f.path).relative_to(data_dir)),
+                                         second_server.url(Path(f.path).relative_to(data_dir))]
+                                        for f in ds.files], "metadata": ds.metadata}
+                    for ds in fileset}
+            slow = write_slow_processor(tmp_path / "slow.py", 0.3)
+            breaker = threading.Timer(1.5, first.stop)
+            breaker.start()
+            try:
+                outcome = run(slow, spec, backend="iterative", chunksize=CHUNKSIZE,
+                              metadata_cache=False, xrootd_timeout=1,
+                              policy=ErrorPolicy(max_retries=0))
+            finally:
+                breaker.join()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert_same(outcome.output, local_output)
+    read_from = outcome.report["reads"]["read_from"]
+    where = [loc for locs in read_from.values()
+             for loc in (locs if isinstance(locs, list) else [locs])]
+    assert any(f"localhost:{first.port}/" in loc for loc in where), read_from
+    assert any(f"localhost:{second_server.port}/" in loc for loc in where), read_from
+    failed = outcome.report["reads"]["failed_locations"]
+    assert failed and all(f"localhost:{first.port}" in row["location"] for row in failed)

@@ -14,7 +14,7 @@ would fire up to 15 s late; and after a failed connection it tries the server ag
 when its connection window (120 s) has passed, so a server back after a restart would stay
 unreachable for two minutes. With a ``timeout``, a worker's client checks every second and
 its connection window is the timeout (both are settings of the process's XRootD client,
-set at its first open with a timeout).
+made again when a run asks for another timeout).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from coffea_hpc.errors import UserError
 __all__ = ["is_xrootd", "open_options", "parse_uproot_options", "read_options"]
 
 _XROOTD_SCHEMES = ("root://", "roots://")
-_tuned_resolution = False
+_client_timeout: int | None = None
+"""The timeout this process's XRootD client settings were last made for."""
 
 
 def is_xrootd(path: str) -> bool:
@@ -114,10 +115,10 @@ def _handler_class(name: str) -> type:
 
 
 def _fine_timeouts(timeout: int) -> None:
-    global _tuned_resolution
-    if _tuned_resolution:
+    global _client_timeout
+    if _client_timeout == timeout:
         return
-    _tuned_resolution = True
+    _client_timeout = timeout
     try:
         from XRootD.client import EnvPutInt
     except ImportError:  # uproot names the missing package when it opens the file

@@ -131,6 +131,8 @@ def run(
         .with_redirectors(list(redirectors))
     cache = metadata_cache_for(metadata_cache, read_opts)
     out_dir = files.private_dir(output_dir) if output_dir is not None else None
+    if resume and out_dir is not None:
+        fs = _known_from(fs, out_dir / files.PREPARED_NAME)
     reduction = reduction or Reduction()
     checkpoint_path = out_dir / files.CHECKPOINT_NAME if out_dir else None
     checkpoint = Checkpointer(checkpoint_path, checkpoint_interval, discard=_delete_spilled)
@@ -279,6 +281,31 @@ def _preprocessing_backend(backend: Backend, fs: Fileset,
     from coffea_hpc.backends.iterative import IterativeBackend
 
     return stack.enter_context(IterativeBackend())
+
+
+def _known_from(fs: Fileset, prepared_path: Path) -> Fileset:
+    """On resume, the entries and uuids the interrupted run's preprocessing wrote to
+    ``prepared.json``, for the files that lack them: no file is opened again for them (a
+    file rewritten since is caught by the uuid check, as for any prepared fileset)."""
+    if not prepared_path.is_file():
+        return fs
+    try:
+        prepared = Fileset.load(prepared_path)
+    except UserError as err:
+        log.warning("not reusing %s: %s", prepared_path, err)
+        return fs
+    known = {(ds.name, f.path, f.treename): f for ds, f in prepared.files}
+    datasets = {}
+    for name, ds in fs.datasets.items():
+        updated = []
+        for f in ds.files:
+            k = known.get((name, f.path, f.treename))
+            if (f.entries is None or f.uuid is None) and k is not None \
+                    and k.entries is not None and k.uuid is not None:
+                f = f.model_copy(update={"entries": k.entries, "uuid": k.uuid})
+            updated.append(f)
+        datasets[name] = ds.model_copy(update={"files": tuple(updated)})
+    return Fileset(datasets=datasets)
 
 
 class _Stages:

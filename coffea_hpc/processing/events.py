@@ -179,6 +179,7 @@ class EventsBuilder:
         self._open_options = {"array_cache": None, **self.uproot_options}
         self._files: OrderedDict[tuple[str, str], _OpenFile] = OrderedDict()
         self.failed: list[tuple[str, str, str]] = []
+        """``(path, location, error)`` of locations that failed, for the next result."""
         self.closed = 0
         """Files this builder has closed so far; each left cyclic garbage behind."""
 
@@ -241,8 +242,8 @@ class EventsBuilder:
         return entry.location if entry is not None else None
 
     def take_failed(self) -> list[tuple[str, str, str]]:
-        """``(path, location, error)`` of each location that failed to open since the last
-        call, so that the worker's result can report them."""
+        """``(path, location, error)`` of each location that failed (to open, or to read)
+        since the last call, so that the worker's result can report them."""
         failed, self.failed = self.failed, []
         return failed
 

@@ -156,3 +156,20 @@ def test_the_cache_is_private_to_the_user(fileset, backend, tmp_path):
                cache=MetadataCache(path))
     assert path.stat().st_mode & 0o077 == 0
     assert path.parent.stat().st_mode & 0o077 == 0
+
+
+def test_a_resume_without_a_cache_reuses_the_prepared_fileset(fileset, tmp_path):
+    spec = {ds.name: {"files": [f.path for f in ds.files], "metadata": ds.metadata}
+            for ds in fileset}
+    flag = tmp_path / "bug"
+    flag.touch()
+    proc = flagged_processor(tmp_path, flag)
+    out = tmp_path / "out"
+    with pytest.raises(ChunkFailedError):
+        run(proc, spec, backend="iterative", chunksize=1_000, output_dir=out,
+            policy=ErrorPolicy(max_retries=0), metadata_cache=False)
+    flag.unlink()
+    resumed = run(proc, spec, backend="iterative", chunksize=1_000, output_dir=out,
+                  resume=True, metadata_cache=False)
+    assert resumed.report["status"] == "complete"
+    assert resumed.report["reads"]["files_opened_in_preprocessing"] == 0

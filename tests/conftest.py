@@ -9,9 +9,6 @@ from pathlib import Path
 
 import pytest
 
-# runs share no metadata cache with the user's own (nor leave anything in ~/.cache)
-os.environ.setdefault("COFFEA_HPC_CACHE_DIR", tempfile.mkdtemp(prefix="coffea-hpc-cache-"))
-
 from coffea_hpc.data.fileset import Fileset
 from coffea_hpc.data.synthetic import SyntheticDataset, generate
 
@@ -22,6 +19,21 @@ SMALL_DATASETS = (
     SyntheticDataset("TTTo2L2Nu", "ttbar", 1, {"xsec": 88.29, "is_mc": True}),
     SyntheticDataset("SingleMuon", "data", 1, {"is_mc": False}),
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_metadata_cache():
+    """Runs share no metadata cache with the user's own, nor leave anything in ~/.cache."""
+    if "COFFEA_HPC_CACHE_DIR" in os.environ:
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="coffea-hpc-cache-")
+    os.environ["COFFEA_HPC_CACHE_DIR"] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop("COFFEA_HPC_CACHE_DIR", None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

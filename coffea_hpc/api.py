@@ -13,7 +13,7 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +76,10 @@ def run(
     endpoint: str | None = None,
     dask_address: str | None = None,
     inside_allocation: bool | None = None,
+    uproot_options: Mapping[str, Any] | str | None = None,
+    xrootd_timeout: float | None = None,
+    redirector: Sequence[str] | None = None,
+    metadata_cache: str | Path | None = None,
     policy: ErrorPolicy | None = None,
     reduction: Reduction | None = None,
     reporter: Reporter | None = None,
@@ -89,6 +93,8 @@ def run(
     # a Fileset or mapping, a Backend object: used as they are, not run options
     given["fileset"] = fileset if isinstance(fileset, str | Path) else None
     given["backend"] = backend if isinstance(backend, str) else None
+    if metadata_cache is not None:
+        given["metadata_cache"] = str(metadata_cache)
     options = RunOptions.layered(run_options, _renamed(given), _keywords())
     return _run_with(processor, options, fileset=fileset, backend=backend, policy=policy,
                      reduction=reduction, reporter=reporter)
@@ -136,7 +142,10 @@ def _run_with(processor: Any, options: RunOptions, *, fileset: Any = None, backe
         align_clusters=options.align_clusters, policy=policy or _policy(options),
         chunks_per_task=options.chunks_per_task, reduction=reduction, resume=options.resume,
         checkpoint_interval=options.checkpoint_every, reporter=reporter,
-        run_options=options.model_dump(mode="json", by_alias=True))
+        run_options=options.model_dump(mode="json", by_alias=True),
+        uproot_options=options.uproot_options, xrootd_timeout=options.xrootd_timeout,
+        redirectors=options.redirector,
+        metadata_cache=options.metadata_cache if options.metadata_cache is not None else True)
 
 
 def _policy(options: RunOptions) -> ErrorPolicy:

@@ -75,6 +75,12 @@ class RunOptions(BaseModel):
     dask_address: str | None = None
     inside_allocation: bool = False
     site_config: dict[str, Any] = Field(default_factory=dict)
+    uproot_options: dict[str, Any] | str | None = None
+    """Options of every ``uproot.open``: a mapping, or JSON/YAML text or a file."""
+    xrootd_timeout: float | None = Field(default=None, gt=0)
+    redirector: list[str] = Field(default_factory=list)
+    metadata_cache: str | None = None
+    """The metadata cache's path, or ``off`` (default: the user's cache folder)."""
 
     @field_validator("walltime")
     @classmethod

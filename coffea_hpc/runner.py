@@ -37,15 +37,17 @@ from coffea_hpc.data.fileset import Fileset
 from coffea_hpc.errors import ChunkFailedError, CoffeaHPCError, UserError
 from coffea_hpc.metrics import CHUNKS_NAME, ChunkLog
 from coffea_hpc.output import RemoteOutput
+from coffea_hpc.processing.metacache import MetadataCache
 from coffea_hpc.processing.preprocess import Preprocessed, preprocess
 from coffea_hpc.processing.processor import ProcessorHandle, load_processor, postprocess
+from coffea_hpc.processing.remote import read_options
 from coffea_hpc.processing.result import Failure, Result
 from coffea_hpc.processing.worker import resolve_schema
 from coffea_hpc.processing.workload import Workload
 from coffea_hpc.progress import Reporter
 from coffea_hpc.reduction import Reduction, SpilledRef, SpillSet
 
-__all__ = ["RunOutcome", "auto_chunks_per_task", "load_fileset", "run"]
+__all__ = ["RunOutcome", "auto_chunks_per_task", "load_fileset", "metadata_cache_for", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,17 @@ def load_fileset(fileset: Fileset | Mapping[str, Any] | str | Path) -> Fileset:
     return Fileset.from_mapping(fileset)
 
 
+def metadata_cache_for(setting: str | Path | bool | None,
+                       options: Mapping[str, Any] | None = None) -> MetadataCache | None:
+    """The cache a run uses: True (or None) for the default place, False for none, or a
+    path; "off" is False, for the command line."""
+    if setting is False or str(setting).lower() in {"off", "none", "false"}:
+        return None
+    timeout = int((options or {}).get("timeout") or 30)
+    path = None if setting is True or setting is None else Path(setting)
+    return MetadataCache(path, stat_timeout=timeout)
+
+
 def run(
     processor: Any,
     fileset: Fileset | Mapping[str, Any] | str | Path,
@@ -95,22 +108,35 @@ def run(
     checkpoint_interval: float = 60.0,
     reporter: Reporter | None = None,
     run_options: Mapping[str, Any] | None = None,
+    uproot_options: Mapping[str, Any] | str | Path | None = None,
+    xrootd_timeout: float | None = None,
+    redirectors: Sequence[str] = (),
+    metadata_cache: str | Path | bool = True,
 ) -> RunOutcome:
     """Run ``processor`` over ``fileset`` and return (and, with ``output_dir``, write) the
     postprocessed output.
 
     ``processor`` is an object or a ``'file.py:Name'``/``'module:Name'`` string; ``backend``
-    a started-or-not `Backend` or a name (then ``workers`` sets its size). See the
-    command-line help of ``coffea-hpc run`` for the meaning of the other options.
+    a started-or-not `Backend` or a name (then ``workers`` sets its size).
+    ``uproot_options`` (a mapping, or JSON/YAML text or file) and ``xrootd_timeout``
+    (seconds) reach every open of a file, in preprocessing and on the workers;
+    ``redirectors`` rewrite ``/store/...`` paths (`Fileset.with_redirectors`);
+    ``metadata_cache`` is True (the user's cache folder), False, or the database's path.
+    See the command-line help of ``coffea-hpc run`` for the other options.
     ``run_options``, the effective options of the command line or `coffea_hpc.run`, go
     into the report as they are.
     """
     started = time.time()
     resolve_schema(schema)  # user mistakes first, before any compute starts
+    read_opts = read_options(uproot_options, xrootd_timeout)
     proc = load_processor(processor) if isinstance(processor, str) else processor
     handle = ProcessorHandle.wrap(proc)
-    fs = load_fileset(fileset).limit(files_per_dataset=limit_files)
+    fs = load_fileset(fileset).limit(files_per_dataset=limit_files) \
+        .with_redirectors(list(redirectors))
+    cache = metadata_cache_for(metadata_cache, read_opts)
     out_dir = files.shared_dir(output_dir) if output_dir is not None else None
+    if resume and out_dir is not None:
+        fs = _known_from(fs, out_dir / files.PREPARED_NAME)
     reduction = reduction or Reduction()
     checkpoint_path = out_dir / files.CHECKPOINT_NAME if out_dir else None
     checkpoint = Checkpointer(checkpoint_path, checkpoint_interval, discard=_delete_spilled)
@@ -139,9 +165,14 @@ def run(
                 checkpoint.discard = backend.discard  # type: ignore[union-attr]
 
             with stages("preprocessing"):
-                prep = preprocess(fs, _preprocessing_backend(backend, fs, stack),
-                                  chunksize=chunksize, align_clusters=align_clusters,
-                                  policy=policy, reporter=reporter)
+                try:
+                    prep = preprocess(fs, _preprocessing_backend(backend, fs, stack),
+                                      chunksize=chunksize, align_clusters=align_clusters,
+                                      policy=policy, reporter=reporter,
+                                      uproot_options=read_opts, cache=cache)
+                finally:
+                    if cache is not None:
+                        cache.close()
             if out_dir is not None:
                 prep.fileset.save(out_dir / files.PREPARED_NAME)
             every_chunk = chunks_of(prep.fileset, limit_chunks=limit_chunks)
@@ -154,7 +185,8 @@ def run(
                 checkpoint.base = saved.load(spills=None if remote_storage else spill.key)
             chunks = _todo(every_chunk, checkpoint.base)
             per_task = chunks_per_task or auto_chunks_per_task(chunks, backend.workers)
-            work = Workload(handle, chunks, schema=schema, chunks_per_task=per_task, spill=spill)
+            work = Workload(handle, chunks, schema=schema, chunks_per_task=per_task, spill=spill,
+                            uproot_options=read_opts)
 
             chunk_log = stack.enter_context(ChunkLog(
                 out_dir / CHUNKS_NAME if out_dir else None, append=resume,
@@ -271,6 +303,31 @@ def _preprocessing_backend(backend: Backend, fs: Fileset,
     from coffea_hpc.backends.iterative import IterativeBackend
 
     return stack.enter_context(IterativeBackend())
+
+
+def _known_from(fs: Fileset, prepared_path: Path) -> Fileset:
+    """On resume, the entries and uuids the interrupted run's preprocessing wrote to
+    ``prepared.json``, for the files that lack them: no file is opened again for them (a
+    file rewritten since is caught by the uuid check, as for any prepared fileset)."""
+    if not prepared_path.is_file():
+        return fs
+    try:
+        prepared = Fileset.load(prepared_path)
+    except UserError as err:
+        log.warning("not reusing %s: %s", prepared_path, err)
+        return fs
+    known = {(ds.name, f.path, f.treename): f for ds, f in prepared.files}
+    datasets = {}
+    for name, ds in fs.datasets.items():
+        updated = []
+        for f in ds.files:
+            k = known.get((name, f.path, f.treename))
+            if (f.entries is None or f.uuid is None) and k is not None \
+                    and k.entries is not None and k.uuid is not None:
+                f = f.model_copy(update={"entries": k.entries, "uuid": k.uuid})
+            updated.append(f)
+        datasets[name] = ds.model_copy(update={"files": tuple(updated)})
+    return Fileset(datasets=datasets)
 
 
 class _Stages:
@@ -445,6 +502,7 @@ def _report(
             {"file": f.label or str(f.key), "error": f.error.summary(), "stage": "preprocessing"}
             for f in prep.skipped
         ] + _unreadable_files(result.failures, work),
+        "reads": _reads(prep, metrics),
         "processed_ranges": result.processed.to_json(),
         "metrics": {
             "chunks": metrics.get("chunks", 0),
@@ -473,6 +531,22 @@ def _unreadable_files(failures: Sequence[Failure], work: Workload) -> list[dict[
              "stage": "processing", "chunks_failed": len(rows),
              "chunks": chunks[(dataset, filename)]}
             for (dataset, filename), rows in failed.items()]
+
+
+def _reads(prep: Preprocessed, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Where each file was read from, and every location that failed (the file was then
+    read from its next location, or the chunk failed and is listed in failed_chunks)."""
+    read_from: dict[str, list[str]] = {}
+    for path, location in sorted(metrics.get("read_from", ())):
+        read_from.setdefault(path, []).append(location)
+    failed = sorted({*prep.failed_locations, *metrics.get("failed_locations", ())})
+    return {
+        "files_opened_in_preprocessing": prep.opened,
+        "read_from": {path: locs[0] if len(locs) == 1 else locs
+                      for path, locs in read_from.items()},
+        "failed_locations": [{"file": path, "location": loc, "error": error}
+                             for path, loc, error in failed],
+    }
 
 
 def _failure_row(failure: Failure) -> dict[str, Any]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,21 @@ SMALL_DATASETS = (
     SyntheticDataset("TTTo2L2Nu", "ttbar", 1, {"xsec": 88.29, "is_mc": True}),
     SyntheticDataset("SingleMuon", "data", 1, {"is_mc": False}),
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_metadata_cache():
+    """Runs share no metadata cache with the user's own, nor leave anything in ~/.cache."""
+    if "COFFEA_HPC_CACHE_DIR" in os.environ:
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="coffea-hpc-cache-")
+    os.environ["COFFEA_HPC_CACHE_DIR"] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop("COFFEA_HPC_CACHE_DIR", None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +58,33 @@ def dimuon():
     from coffea_hpc.examples.dimuon import DimuonProcessor
 
     return DimuonProcessor()
+
+
+@pytest.fixture(scope="session")
+def xrootd_server(fileset: Fileset, data_dir: Path):
+    """A real XRootD server on localhost serving a copy of the session's files; skips, saying
+    why, where xrootd cannot run."""
+    from tests.xrootd_server import XRootDServer, publish, served_folder, xrootd_missing
+
+    reason = xrootd_missing()
+    if reason:
+        pytest.skip(reason)
+    folder = served_folder()
+    publish([Path(f.path) for _, f in fileset.files], data_dir, folder)
+    server = XRootDServer(folder)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def remote_fileset(fileset: Fileset, data_dir: Path, xrootd_server) -> Fileset:
+    """The session's fileset, every file read over root:// from ``xrootd_server``."""
+    mapping = fileset.to_mapping()
+    for ds in mapping.values():
+        ds["files"] = {xrootd_server.url(Path(p).relative_to(data_dir)): spec
+                       for p, spec in ds["files"].items()}
+    return Fileset.from_mapping(mapping)

@@ -124,3 +124,15 @@ def flag_names(ctx: typer.Context) -> dict[str, str]:
         if param.name and longs:
             names[param.name] = longs[0]
     return names
+UprootOptions = Annotated[str | None, typer.Option(
+    "--uproot-options",
+    help="Options of every uproot.open, as JSON or YAML text or a file "
+         "(e.g. '{timeout: 30, num_workers: 4}').")]
+XRootDTimeout = Annotated[float | None, typer.Option(
+    "--xrootd-timeout", min=0.0, help="Seconds before an XRootD request gives up.")]
+Redirectors = Annotated[list[str] | None, typer.Option(
+    "--redirector",
+    help="Read /store/... files through this redirector; repeat for fallbacks, in order.")]
+MetadataCachePath = Annotated[str | None, typer.Option(
+    "--metadata-cache",
+    help="Cache of file entries and uuids (default: the user's cache folder; 'off': none).")]

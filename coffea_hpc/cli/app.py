@@ -70,8 +70,6 @@ SkipBad = Annotated[bool, typer.Option(
     "--skip-bad-files", help="Skip (and report) files that cannot be opened or read.")]
 AlignClusters = Annotated[bool, typer.Option(
     "--align-clusters", help="End chunks on ROOT cluster boundaries (opens every file).")]
-
-
 def _policy(retries: int, skip_bad_files: bool, continue_on_error: bool = False) -> Any:
     from coffea_hpc.backends import ErrorPolicy
 
@@ -126,6 +124,10 @@ def run(
     endpoint: opt.Endpoint = None,
     dask_address: opt.DaskAddress = None,
     inside_allocation: opt.InsideAllocation = False,
+    uproot_options: opt.UprootOptions = None,
+    xrootd_timeout: opt.XRootDTimeout = None,
+    redirector: opt.Redirectors = None,
+    metadata_cache: opt.MetadataCachePath = None,
     verbose: Verbose = 0,
 ) -> None:
     """Run PROCESSOR over a fileset and write OUTPUT/output.coffea and OUTPUT/report.json."""
@@ -176,6 +178,10 @@ def preprocess(
     workers: Workers = None,
     skip_bad_files: SkipBad = False,
     retries: Annotated[int, typer.Option(min=0, help="Retries per file.")] = 1,
+    uproot_options: opt.UprootOptions = None,
+    xrootd_timeout: opt.XRootDTimeout = None,
+    redirector: opt.Redirectors = None,
+    metadata_cache: opt.MetadataCachePath = None,
     verbose: Verbose = 0,
 ) -> None:
     """Open every file once, record entries and uuid, and split into chunks."""
@@ -183,14 +189,18 @@ def preprocess(
     from coffea_hpc.backends import make_backend
     from coffea_hpc.cli.progress import RichReporter
     from coffea_hpc.processing.preprocess import preprocess as prep
-    from coffea_hpc.runner import load_fileset
+    from coffea_hpc.processing.remote import read_options
+    from coffea_hpc.runner import load_fileset, metadata_cache_for
 
-    fs = load_fileset(fileset)
+    read_opts = read_options(uproot_options, xrootd_timeout)
+    fs = load_fileset(fileset).with_redirectors(redirector or [])
+    cache = metadata_cache_for(metadata_cache, read_opts)
     run_dir = output.parent / f".{output.stem}-parsl" if executor == "parsl" else None
     options = {"run_dir": run_dir} if run_dir else {}
     with make_backend(_check_executor(executor), workers=workers, **options) as backend:
         outcome = prep(fs, backend, chunksize=chunksize, align_clusters=align_clusters,
-                       policy=_policy(retries, skip_bad_files), reporter=RichReporter(console))
+                       policy=_policy(retries, skip_bad_files), reporter=RichReporter(console),
+                       uproot_options=read_opts, cache=cache)
     outcome.fileset.save(output)
     n_chunks = sum(len(f.steps or ()) for _, f in outcome.fileset.files)
     console.print(

@@ -31,6 +31,8 @@ class Chunk:
     entrystop: int
     fileuuid: str = ""
     usermeta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    replicas: tuple[str, ...] = field(default=(), compare=False, hash=False)
+    """Other locations of the same file, tried in order when ``filename`` cannot be read."""
 
     @property
     def key(self) -> ChunkKey:
@@ -109,9 +111,8 @@ def chunks_of(
             for start, stop in _steps_of(f):
                 if limit_chunks is not None and taken >= limit_chunks:
                     break
-                out.append(
-                    Chunk(ds.name, f.path, f.treename, start, stop, f.uuid or "", ds.metadata)
-                )
+                out.append(Chunk(ds.name, f.path, f.treename, start, stop, f.uuid or "",
+                                 ds.metadata, f.replicas))
                 taken += 1
     return out
 

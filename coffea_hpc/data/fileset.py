@@ -9,7 +9,8 @@ fileset (entries, uuid and chunk boundaries known) is written in coffea's own
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,18 @@ DEFAULT_TREENAME = "Events"
 _DATASET_KEYS = {"files", "treename", "metadata", "form"}
 _INDENTED_UP_TO = 1_000
 """Files up to which a saved fileset is indented for people to read."""
-_FILE_KEYS = {"object_path", "treename", "steps", "num_entries", "entries", "uuid"}
+_FILE_KEYS = {"object_path", "treename", "steps", "num_entries", "entries", "uuid", "replicas"}
+_LFN = re.compile(r"^(?:[a-z]+://[^/]+/)?(/store/.*)$")
+"""A CMS logical file name, bare (``/store/...``) or behind a server (``root://host//store/...``)."""
 
 
 class File(BaseModel):
     """One ROOT file and the tree to read in it.
 
     ``entries``, ``uuid`` and ``steps`` are filled by preprocessing; ``steps`` are the
-    half-open entry ranges ``[start, stop)`` that become chunks.
+    half-open entry ranges ``[start, stop)`` that become chunks. ``replicas`` are other
+    locations of the same file (the same uuid), read in order when ``path`` cannot be; the
+    file is known by ``path`` everywhere (chunks, checkpoints, ``events.metadata``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -51,6 +56,11 @@ class File(BaseModel):
     entries: int | None = Field(default=None, ge=0)
     uuid: str | None = None
     steps: tuple[tuple[int, int], ...] | None = None
+    replicas: tuple[str, ...] = ()
+
+    @property
+    def locations(self) -> tuple[str, ...]:
+        return (self.path, *self.replicas)
 
     @model_validator(mode="after")
     def _steps_inside_file(self) -> File:
@@ -147,11 +157,13 @@ class Fileset(BaseModel):
     ) -> Fileset:
         """Read any of the fileset shapes coffea accepts.
 
-        - ``{dataset: [path, ...]}``
+        - ``{dataset: [path, ...]}``, where a path may be a list of locations of one file
+          (the first is its path, the others its replicas)
         - ``{dataset: {"treename": tree, "files": [path, ...], "metadata": {...}}}``
         - ``{dataset: {"files": {path: tree, ...}, "metadata": {...}}}``
         - ``{dataset: {"files": {path: {"object_path": tree, "steps": [[0, 100], ...],
-          "num_entries": n, "uuid": u}}}}`` (coffea's preprocessed layout, as `save` writes)
+          "num_entries": n, "uuid": u, "replicas": [url, ...]}}}}`` (coffea's preprocessed
+          layout, as `save` writes; ``replicas`` is coffea-hpc's and optional)
         """
         if isinstance(obj, Fileset):
             return obj
@@ -180,6 +192,8 @@ class Fileset(BaseModel):
                     entry["num_entries"] = f.entries
                 if f.uuid is not None:
                     entry["uuid"] = f.uuid
+                if f.replicas:
+                    entry["replicas"] = list(f.replicas)
                 files[f.path] = entry
             out[ds.name] = {"files": files, "metadata": dict(ds.metadata)}
         return out
@@ -201,6 +215,35 @@ class Fileset(BaseModel):
         return path
 
     # -- selecting -----------------------------------------------------------------------
+
+    def with_redirectors(self, redirectors: Sequence[str]) -> Fileset:
+        """Every CMS logical file name (``/store/...``) read through ``redirectors``.
+
+        A bare ``/store/...`` path becomes ``REDIRECTOR//store/...`` for the first
+        redirector, the others its replicas, in order (a regional redirector before the
+        global one, say). A URL that already names a server keeps it first; the redirectors
+        follow as replicas. Other paths are left as they are.
+        """
+        if not redirectors:
+            return self
+        bad = [r for r in redirectors if "://" not in r]
+        if bad:
+            raise FilesetError(f"redirector {bad[0]!r} is not a URL (e.g. root://host:1094/)")
+        datasets = {}
+        for name, ds in self.datasets.items():
+            files = []
+            for f in ds.files:
+                locations: list[str] = []
+                for loc in f.locations:
+                    match = _LFN.match(loc)
+                    if match is None or loc != match.group(1):
+                        locations.append(loc)  # a URL (or not an LFN): tried first
+                    if match is not None:
+                        locations += [f"{r.rstrip('/')}/{match.group(1)}" for r in redirectors]
+                unique = tuple(dict.fromkeys(locations))
+                files.append(f.model_copy(update={"path": unique[0], "replicas": unique[1:]}))
+            datasets[name] = ds.model_copy(update={"files": tuple(files)})
+        return Fileset(datasets=datasets)
 
     def limit(self, *, files_per_dataset: int | None = None) -> Fileset:
         """The first ``files_per_dataset`` files of each dataset (for quick test runs)."""
@@ -253,7 +296,8 @@ def _read_dataset(name: str, spec: Any, source: str, base_dir: Path | None) -> D
     if isinstance(raw_files, Mapping):
         items = list(raw_files.items())
     elif isinstance(raw_files, list | tuple):
-        items = [(p, None) for p in raw_files]
+        items = [(p, None) if not isinstance(p, list | tuple)
+                 else (p[0] if p else None, {"replicas": list(p[1:])}) for p in raw_files]
     else:
         raise FilesetError(
             f"{where}: 'files' must be a list of paths or a mapping of path to tree name, "
@@ -265,14 +309,15 @@ def _read_dataset(name: str, spec: Any, source: str, base_dir: Path | None) -> D
         if not isinstance(path, str) or not path:
             raise FilesetError(f"{where}: file paths must be non-empty strings, got {path!r}")
         where_file = f"{where}, file {path!r}"
-        files.append(_read_file(_resolve(path, base_dir), fspec, treename, where_file))
+        files.append(_read_file(_resolve(path, base_dir), fspec, treename, where_file, base_dir))
     try:
         return Dataset(name=name, files=tuple(files), metadata=dict(metadata))
     except ValidationError as err:
         raise FilesetError(f"{where}: {_first_error(err)}") from None
 
 
-def _read_file(path: str, spec: Any, treename: str, where: str) -> File:
+def _read_file(path: str, spec: Any, treename: str, where: str,
+               base_dir: Path | None = None) -> File:
     fields: dict[str, Any] = {"path": path, "treename": treename}
     if isinstance(spec, str):
         fields["treename"] = spec
@@ -291,6 +336,11 @@ def _read_file(path: str, spec: Any, treename: str, where: str) -> File:
         for key in ("uuid", "steps"):
             if spec.get(key) is not None:
                 fields[key] = spec[key]
+        replicas = spec.get("replicas") or []
+        if not isinstance(replicas, list | tuple) or not all(
+                isinstance(r, str) and r for r in replicas):
+            raise FilesetError(f"{where}: 'replicas' must be a list of paths or URLs")
+        fields["replicas"] = tuple(_resolve(r, base_dir) for r in replicas)
     elif spec is not None:
         raise FilesetError(
             f"{where}: expected a tree name or a mapping of file fields, got {_describe(spec)}"

@@ -33,9 +33,16 @@ from coffea.nanoevents.util import tuple_to_key
 from uproot.models.TTree import Model_TTree_NumEntries
 
 from coffea_hpc.data.chunks import Chunk
-from coffea_hpc.errors import FilesetError
+from coffea_hpc.errors import FilesetError, UserError
+from coffea_hpc.processing.remote import open_options
 
-__all__ = ["BadFileError", "EventsBuilder", "open_tree", "read_tree_header"]
+__all__ = [
+    "BadFileError",
+    "EventsBuilder",
+    "NoReadableLocationError",
+    "open_tree",
+    "read_tree_header",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,28 @@ class BadFileError(OSError):
 
     A subclass of `OSError`, so ``--skip-bad-files`` (continue on `OSError`) covers it.
     """
+
+
+class NoReadableLocationError(BadFileError):
+    """Every location of a file (its path and its replicas) failed to open or to read.
+
+    ``attempts`` holds ``(location, error)`` for each location tried, in order. Like any
+    `BadFileError` it is an `OSError`: an I/O failure, told apart from the processor's own
+    exceptions.
+    """
+
+    def __init__(self, path: str, attempts: tuple[tuple[str, str], ...]) -> None:
+        self.path = path
+        self.attempts = tuple(attempts)
+        tried = "; ".join(f"{loc}: {msg}" for loc, msg in self.attempts)
+        super().__init__(f"no location of {path!r} could be read ({tried})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.attempts))
+
+
+def _describe_error(err: BaseException) -> str:
+    return str(err) if isinstance(err, BadFileError) else f"{type(err).__name__}: {err}"
 
 
 def open_tree(path: str, treename: str, uproot_options: dict[str, Any] | None = None) -> Any:
@@ -71,6 +100,8 @@ def read_tree_header(
         header = handle[treename]
         if isinstance(header, Model_TTree_NumEntries):
             return int(header.all_members["fEntries"][0]), str(handle.file.uuid)
+    except OSError as err:  # the storage failed: reading the tree would wait for it again
+        raise BadFileError(f"cannot read {path!r}: {type(err).__name__}: {err}") from None
     except Exception as err:  # the usual read below says what is wrong
         log.debug("reading the header of %s:%s: %s", path, treename, err)
     finally:
@@ -89,8 +120,11 @@ def _header_from_tree(
 
 
 def _open_file(path: str, uproot_options: dict[str, Any] | None) -> Any:
+    options = open_options(path, uproot_options)
     try:
-        return uproot.open(path, **(uproot_options or {}))
+        return uproot.open(path, **options)
+    except UserError:
+        raise
     except FileNotFoundError:
         raise BadFileError(f"cannot open {path!r}: no such file") from None
     except Exception as err:
@@ -117,6 +151,7 @@ class _OpenFile:
     tree: Any
     uuid: str
     forms: dict[type, tuple[ak.forms.Form, dict[str, Any], BaseSchema]]
+    location: str
     baskets: dict[str, tuple[np.ndarray, np.ndarray] | None] = field(default_factory=dict)
     """Per branch: the first entry of each basket (and the end) and its compressed bytes."""
 
@@ -146,15 +181,20 @@ class EventsBuilder:
         self.uproot_options = dict(uproot_options or {})
         self._open_options = {"array_cache": None, **self.uproot_options}
         self._files: OrderedDict[tuple[str, str], _OpenFile] = OrderedDict()
+        self.failed: list[tuple[str, str, str]] = []
+        """``(path, location, error)`` of locations that failed, for the next result."""
         self.closed = 0
         """Files this builder has closed so far; each left cyclic garbage behind."""
 
     def events(self, chunk: Chunk, schemaclass: type[BaseSchema],
-               access_log: list[str] | None = None) -> ak.Array:
-        entry = self._open(chunk.filename, chunk.treename)
+               access_log: list[str] | None = None,
+               exclude: frozenset[str] = frozenset()) -> ak.Array:
+        """The chunk's (virtual) events, from the first of its file's locations that opens,
+        leaving out the locations in ``exclude`` (they failed a read of this chunk)."""
+        entry = self._open(chunk.filename, chunk.treename, chunk.replicas, exclude)
         if chunk.fileuuid and entry.uuid != chunk.fileuuid:
             raise FilesetError(
-                f"{chunk.filename!r} changed since preprocessing (uuid {entry.uuid} is not "
+                f"{entry.location!r} changed since preprocessing (uuid {entry.uuid} is not "
                 f"{chunk.fileuuid}); preprocess the fileset again"
             )
         if chunk.entrystop > entry.tree.num_entries:
@@ -164,7 +204,8 @@ class EventsBuilder:
             )
         form, base_metadata, schema = self._form(entry, schemaclass)
         mapping = UprootSourceMapping(
-            TrivialUprootOpener({entry.uuid: chunk.filename}, self.uproot_options),
+            TrivialUprootOpener({entry.uuid: entry.location},
+                                open_options(entry.location, self.uproot_options)),
             chunk.entrystart,
             chunk.entrystop,
             cache={},
@@ -187,6 +228,27 @@ class EventsBuilder:
         while self._files:
             _, entry = self._files.popitem()
             self._close(entry)
+
+    def forget(self, path: str, treename: str) -> None:
+        """Close a file whose reads failed: its connection may be dead, and a retry must
+        open it afresh (possibly elsewhere)."""
+        entry = self._files.pop((path, treename), None)
+        if entry is not None:
+            try:
+                self._close(entry)
+            except Exception as err:  # closing a dead connection may fail too
+                log.debug("closing %s: %s", entry.location, err)
+
+    def location(self, path: str, treename: str) -> str | None:
+        """Where the open file ``path`` is read from (None when it is not open)."""
+        entry = self._files.get((path, treename))
+        return entry.location if entry is not None else None
+
+    def take_failed(self) -> list[tuple[str, str, str]]:
+        """``(path, location, error)`` of each location that failed (to open, or to read)
+        since the last call, so that the worker's result can report them."""
+        failed, self.failed = self.failed, []
+        return failed
 
     def _close(self, entry: _OpenFile) -> None:
         entry.forms.clear()  # the schema and forms are freed now, not at the next collection
@@ -222,35 +284,66 @@ class EventsBuilder:
             out[name] = int(sizes[first:last].sum())
         return out
 
-    def tree(self, path: str, treename: str) -> Any:
+    def tree(self, path: str, treename: str, replicas: tuple[str, ...] = ()) -> Any:
         """The open tree, from the cache (preprocessing with cluster alignment uses it, so a
         worker that inspected a file and then processes it opens it once)."""
-        return self._open(path, treename).tree
+        return self._open(path, treename, replicas).tree
 
-    def header(self, path: str, treename: str) -> tuple[int, str]:
-        """Entries and uuid: from the cache when the file is open, else `read_tree_header`.
+    def header(self, path: str, treename: str,
+               replicas: tuple[str, ...] = ()) -> tuple[int, str, str]:
+        """Entries, uuid and the location read: from the cache when the file is open, else
+        `read_tree_header` at the first location that answers.
 
         Inspection does not fill the cache: which worker later processes a file is the
         executor's choice, so a tree read during inspection would mostly be read again.
         """
         entry = self._files.get((path, treename))
         if entry is not None:
-            return int(entry.tree.num_entries), entry.uuid
-        return read_tree_header(path, treename, self.uproot_options)
+            return int(entry.tree.num_entries), entry.uuid, entry.location
+        (entries, uuid), location = self._first_readable(
+            path, replicas, frozenset(),
+            lambda loc: read_tree_header(loc, treename, self.uproot_options))
+        return entries, uuid, location
 
-    def _open(self, path: str, treename: str) -> _OpenFile:
+    def _open(self, path: str, treename: str, replicas: tuple[str, ...] = (),
+              exclude: frozenset[str] = frozenset()) -> _OpenFile:
         key = (path, treename)
         entry = self._files.get(key)
-        if entry is not None:
+        if entry is not None and entry.location not in exclude:
             self._files.move_to_end(key)
             return entry
-        tree = open_tree(path, treename, self._open_options)
-        entry = _OpenFile(tree, str(tree.file.uuid), {})
+        if entry is not None:
+            self.forget(path, treename)
+        tree, location = self._first_readable(
+            path, replicas, exclude, lambda loc: open_tree(loc, treename, self._open_options))
+        entry = _OpenFile(tree, str(tree.file.uuid), {}, location)
         self._files[key] = entry
         while len(self._files) > self.max_open_files:
             _, old = self._files.popitem(last=False)
             self._close(old)
         return entry
+
+    def _first_readable(self, path: str, replicas: tuple[str, ...], exclude: frozenset[str],
+                        read: Any) -> tuple[Any, str]:
+        """``read(location)`` at each location in turn, until one works: its result and
+        the location. A file without replicas fails with its own error."""
+        locations = [loc for loc in (path, *replicas) if loc not in exclude]
+        if not replicas:
+            try:
+                return read(path), path
+            except OSError as err:
+                self.failed.append((path, path, _describe_error(err)))
+                raise
+        attempts: list[tuple[str, str]] = []
+        for loc in locations:
+            try:
+                return read(loc), loc
+            except OSError as err:
+                message = _describe_error(err)
+                log.info("reading %s: %s; trying its next location", loc, message)
+                attempts.append((loc, message))
+                self.failed.append((path, loc, message))
+        raise NoReadableLocationError(path, tuple(attempts))
 
     @staticmethod
     def _form(

@@ -2,15 +2,15 @@
 
 Opening files is itself distributed work (thousands of remote files take a while), so it is
 a `Computable` run on the same backend as the analysis. A file whose entries and uuid are
-already known (a prepared fileset) is not opened again.
+already known (a prepared fileset, or the metadata cache of earlier runs) is not opened again.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from coffea_hpc._text import count
 from coffea_hpc.backends.protocol import Backend, ErrorPolicy
@@ -22,6 +22,7 @@ from coffea_hpc.progress import Reporter, watch
 
 if TYPE_CHECKING:  # workers unpickle `InspectFile`; the fileset model costs them 0.25 s
     from coffea_hpc.data.fileset import File, Fileset
+    from coffea_hpc.processing.metacache import MetadataCache
 
 __all__ = ["DEFAULT_CHUNKSIZE", "FileInfo", "InspectFile", "Preprocessed", "preprocess"]
 
@@ -50,6 +51,8 @@ class InspectFile:
     path: str
     treename: str
     clusters: bool = False
+    replicas: tuple[str, ...] = ()
+    uproot_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def keys(self) -> tuple[FileKey]:
@@ -65,18 +68,28 @@ class InspectFile:
 
     def __call__(self) -> Result:
         key = self.keys[0]
+        files = builder(self.uproot_options)
         try:
             if self.clusters:  # cluster boundaries need the branches: open the tree itself
-                tree = builder().tree(self.path, self.treename)
+                tree = files.tree(self.path, self.treename, self.replicas)
                 info = FileInfo(int(tree.num_entries), str(tree.file.uuid),
                                 tuple(int(x) for x in tree.common_entry_offsets()))
             else:
-                info = FileInfo(*builder().header(self.path, self.treename))
+                entries, uuid, _ = files.header(self.path, self.treename, self.replicas)
+                info = FileInfo(entries, uuid)
         except Exception as exc:  # the file's own fault, told apart from a lost worker
+            if isinstance(exc, OSError):
+                files.forget(self.path, self.treename)
             error = RemoteError.from_exception(exc)
             error = dataclasses.replace(error, type_names=(*error.type_names, _FILE_ERROR))
-            return Result(failures=(Failure(key, error, 1, self.labels[0]),))
-        return Result(value={key: info})
+            return Result(failures=(Failure(key, error, 1, self.labels[0]),),
+                          metrics=_failed_metrics(files))
+        return Result(value={key: info}, metrics=_failed_metrics(files))
+
+
+def _failed_metrics(files: Any) -> dict[str, Any]:
+    failed = files.take_failed()
+    return {"failed_locations": set(failed)} if failed else {}
 
 
 class Inspection:
@@ -105,6 +118,10 @@ class Preprocessed:
 
     fileset: Fileset
     skipped: list[Failure] = field(default_factory=list)
+    failed_locations: set[tuple[str, str, str]] = field(default_factory=set)
+    """``(path, location, error)`` of each location that failed to open."""
+    opened: int = 0
+    """Files opened (the others came from the fileset itself or the metadata cache)."""
 
 
 def preprocess(
@@ -115,6 +132,8 @@ def preprocess(
     align_clusters: bool = False,
     policy: ErrorPolicy | None = None,
     reporter: Reporter | None = None,
+    uproot_options: Mapping[str, Any] | None = None,
+    cache: MetadataCache | None = None,
 ) -> Preprocessed:
     """Fill in entries, uuid and steps for every file.
 
@@ -124,21 +143,39 @@ def preprocess(
     opened. Every file is tried before deciding: unreadable files stop the run with one
     `FilesetError` listing each of them, unless ``policy`` continues on their errors
     (``ErrorPolicy.skip_bad_files()``); skipped files are listed in the outcome.
+    ``uproot_options`` are the keyword arguments of every open. With a ``cache``, files it
+    knows (and that have not changed) are not opened, and files opened are added to it.
     """
-    todo = Inspection(
-        InspectFile(ds.name, f.path, f.treename, align_clusters)
-        for ds, f in fileset.files
-        if align_clusters or f.entries is None or f.uuid is None
-    )
+    needed = [(ds, f) for ds, f in fileset.files
+              if align_clusters or f.entries is None or f.uuid is None]
     infos: dict[FileKey, FileInfo] = {}
+    if cache is not None and needed:
+        known = cache.lookup(((f.path, f.treename, f.uuid) for _, f in needed),
+                             clusters=align_clusters)
+        for ds, f in needed:
+            hit = known.get((f.path, f.treename))
+            if hit is not None:
+                infos[(ds.name, f.path)] = FileInfo(hit.entries, hit.uuid, hit.cluster_starts)
+    options = dict(uproot_options or {})
+    todo = Inspection(
+        InspectFile(ds.name, f.path, f.treename, align_clusters, f.replicas, options)
+        for ds, f in needed if (ds.name, f.path) not in infos
+    )
     skipped: list[Failure] = []
+    failed_locations: set[tuple[str, str, str]] = set()
     if len(todo):
         policy = policy or ErrorPolicy()
         find_all = dataclasses.replace(policy, continue_on=(*policy.continue_on, FilesetError))
         task = backend.compute(todo, find_all)
         result = watch(task, "preprocessing", reporter, unit="files",
                        workers=getattr(backend, "connected_workers", None))
-        infos = result.value or {}
+        opened: dict[FileKey, FileInfo] = result.value or {}
+        infos.update(opened)
+        failed_locations = set(result.metrics.get("failed_locations", ()))
+        if cache is not None:
+            treenames = {(e.dataset, e.path): e.treename for e in todo}
+            cache.store((path, treenames[(ds, path)], i.entries, i.uuid, i.cluster_starts)
+                        for (ds, path), i in opened.items())
         skipped = list(result.failures)
         unreadable = [f for f in skipped if f.error.matches((FilesetError,))
                       and not f.error.matches(policy.continue_on)]
@@ -160,7 +197,7 @@ def preprocess(
             files.append(_prepared(f, infos.get(key), chunksize))
         if files:
             datasets[ds.name] = Dataset(name=ds.name, files=tuple(files), metadata=ds.metadata)
-    return Preprocessed(Fileset(datasets=datasets), skipped)
+    return Preprocessed(Fileset(datasets=datasets), skipped, failed_locations, len(todo))
 
 
 def _one_line(failure: Failure) -> str:

@@ -17,7 +17,7 @@ import gc
 import importlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import uproot
@@ -26,7 +26,7 @@ from coffea.nanoevents import schemas
 from coffea_hpc.data.chunks import Chunk
 from coffea_hpc.data.ranges import EntryRanges
 from coffea_hpc.errors import ReadError, UserError
-from coffea_hpc.processing.events import EventsBuilder
+from coffea_hpc.processing.events import EventsBuilder, NoReadableLocationError
 from coffea_hpc.processing.measure import ChunkProbe
 from coffea_hpc.processing.processor import ProcessorHandle, run_processor
 from coffea_hpc.processing.result import Failure, RemoteError, Result
@@ -93,10 +93,16 @@ def resolve_schema(name: str) -> type[schemas.BaseSchema]:
     return cls
 
 
-def builder() -> EventsBuilder:
+def builder(uproot_options: Mapping[str, Any] | None = None) -> EventsBuilder:
+    """This process's builder, for these uproot options: a run with other options (another
+    timeout, handler) gets a new one, and the files the old one kept are closed."""
     global _BUILDER
+    options = dict(uproot_options or {})
+    if _BUILDER is not None and _BUILDER.uproot_options != options:
+        _BUILDER.close()
+        _BUILDER = None
     if _BUILDER is None:
-        _BUILDER = EventsBuilder()
+        _BUILDER = EventsBuilder(uproot_options=options)
     return _BUILDER
 
 
@@ -173,6 +179,7 @@ def process_chunks(
     *,
     metrics: bool = True,
     spill: SpillPolicy | None = None,
+    uproot_options: Mapping[str, Any] | None = None,
 ) -> Result:
     """Run the processor over ``chunks`` (in order) and fold their outputs.
 
@@ -180,7 +187,13 @@ def process_chunks(
     threshold (and at the end if it is at least that big), and only references are returned.
     The first chunk that fails ends the batch: the chunks after it are returned unattempted,
     so a processor that raises on every chunk is not called for all of them.
+
+    A chunk whose read fails with an I/O error (`OSError`: a timeout, a lost server) is
+    tried at the file's next location before it counts as failed; the result says where
+    each file was read from (``metrics["read_from"]``) and which locations failed
+    (``metrics["failed_locations"]``).
     """
+    files = builder(uproot_options)
     probe = ChunkProbe(chunks[0], 0)
     try:
         proc = processor.load()
@@ -195,25 +208,25 @@ def process_chunks(
     spilled: list[SpilledRef] = []
     unattempted: tuple[Any, ...] = ()
     rows: list[dict[str, Any]] = []
-    events = builder()
     with _fewer_gc_pauses():
         for i, chunk in enumerate(chunks):
-            probe = ChunkProbe(chunk, events.bytes_read(chunk.filename, chunk.treename))
+            probe = ChunkProbe(chunk, files.bytes_read(chunk.filename, chunk.treename))
             try:
-                part = _process_one(proc, chunk, schemaclass, metrics)
+                part = _process_at_any_location(files, proc, chunk, schemaclass, metrics)
                 acc.absorb(part)
             except Exception as exc:
                 error = RemoteError.from_exception(_as_read_error(exc, chunk),
                                                    skip_frames_in=_OWN_CODE)
                 failures.append(Failure(chunk.key, error, label=chunk.describe()))
                 unattempted = tuple(c.key for c in chunks[i + 1:])
-                rows.append(probe.row("failed", events.bytes_read(chunk.filename,
-                                                                  chunk.treename),
+                rows.append(probe.row("failed", files.bytes_read(chunk.filename,
+                                                                 chunk.treename),
                                       error=error.summary()))
                 break
             finally:
-                _OLD_GARBAGE.after_chunk(builder().closed)
-            rows.append(_ok_row(probe, part, events))
+                acc.absorb(_failed_locations(files))
+                _OLD_GARBAGE.after_chunk(files.closed)
+            rows.append(_ok_row(probe, part, files))
             if spill is not None and spill.threshold > 0 and acc.value is not None \
                     and serialized_size(acc.value) >= spill.threshold:
                 spilled.append(spill_value(acc.value, spill.directory, spill.key))
@@ -241,16 +254,60 @@ def _ok_row(probe: ChunkProbe, part: Result, events: EventsBuilder) -> dict[str,
                      stats=part.metrics, column_bytes=per_column)
 
 
-def _process_one(proc: Any, chunk: Chunk, schemaclass: type, metrics: bool) -> Result:
+def _process_at_any_location(files: EventsBuilder, proc: Any, chunk: Chunk,
+                             schemaclass: type, metrics: bool) -> Result:
+    """Process the chunk, moving to the file's next location when a read fails.
+
+    Events are virtual: the processor's own ``process`` reads the columns, so a storage
+    failure surfaces there, as an `OSError` (or an error raised inside uproot, which
+    `_as_read_error` takes for the data's), and the chunk is processed again from another
+    location (processors are functions of their events, as coffea requires). Whatever
+    fails, the file is closed: a retry must not reuse a dead connection.
+    """
+    failed: set[str] = set()
+    attempts: list[tuple[str, str]] = []
+    while True:
+        try:
+            return _process_one(files, proc, chunk, schemaclass, metrics, frozenset(failed))
+        except NoReadableLocationError as exc:  # no location left that opens
+            if attempts:
+                raise NoReadableLocationError(chunk.filename, (*attempts, *exc.attempts)) \
+                    from exc
+            raise
+        except Exception as exc:
+            location = files.location(chunk.filename, chunk.treename)
+            files.forget(chunk.filename, chunk.treename)
+            if location is None or not isinstance(_as_read_error(exc, chunk), OSError):
+                raise  # the processor's own error, or an open that failed (and was recorded)
+            message = f"{type(exc).__name__}: {exc}"
+            files.failed.append((chunk.filename, location, message))
+            if not chunk.replicas:
+                raise
+            failed.add(location)
+            attempts.append((location, message))
+            if len(failed) > len(chunk.replicas):
+                raise NoReadableLocationError(chunk.filename, tuple(attempts)) from exc
+
+
+def _failed_locations(files: EventsBuilder) -> Result:
+    failed = files.take_failed()
+    return Result(metrics={"failed_locations": set(failed)}) if failed else Result()
+
+
+def _process_one(files: EventsBuilder, proc: Any, chunk: Chunk, schemaclass: type,
+                 metrics: bool, exclude: frozenset[str]) -> Result:
     start = time.perf_counter()
     columns: list[Any] = []
-    events = builder().events(chunk, schemaclass, access_log=columns if metrics else None)
+    events = files.events(chunk, schemaclass, access_log=columns if metrics else None,
+                          exclude=exclude)
+    location = files.location(chunk.filename, chunk.treename)
     built = time.perf_counter()
     out = run_processor(proc, events)
     done = time.perf_counter()
     # coffea drops a None output too, silently; here the chunk is counted as one without
     # output, so the report says how many gave nothing (always, metrics or not)
     stats: dict[str, Any] = {"no_output": 1} if out is None else {}
+    stats["read_from"] = {(chunk.filename, location)}
     if metrics:
         stats.update({
             "entries": chunk.entries,

@@ -7,8 +7,9 @@ folds its chunks' outputs before sending one result back.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from coffea_hpc.data.chunks import Chunk, ChunkKey
 from coffea_hpc.processing.processor import ProcessorHandle
@@ -27,6 +28,7 @@ class ProcessChunks:
     chunks: tuple[Chunk, ...]
     schema: str = "nanoaod"
     spill: SpillPolicy | None = None
+    uproot_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def keys(self) -> tuple[ChunkKey, ...]:
@@ -41,7 +43,8 @@ class ProcessChunks:
         return sum(c.entries for c in self.chunks)
 
     def __call__(self) -> Result:
-        return process_chunks(self.processor, self.chunks, self.schema, spill=self.spill)
+        return process_chunks(self.processor, self.chunks, self.schema, spill=self.spill,
+                              uproot_options=self.uproot_options)
 
 
 class Workload:
@@ -55,6 +58,7 @@ class Workload:
         schema: str = "nanoaod",
         chunks_per_task: int = 1,
         spill: SpillPolicy | None = None,
+        uproot_options: Mapping[str, Any] | None = None,
     ) -> None:
         if chunks_per_task < 1:
             raise ValueError(f"chunks_per_task must be >= 1, got {chunks_per_task}")
@@ -64,6 +68,7 @@ class Workload:
         self.schema = schema
         self.chunks_per_task = chunks_per_task
         self.spill = spill
+        self.uproot_options = dict(uproot_options or {})
         self._positions: dict[Hashable, int] | None = None
 
     def __iter__(self) -> Iterator[ProcessChunks]:
@@ -72,11 +77,15 @@ class Workload:
             if batch and (
                 len(batch) >= self.chunks_per_task or batch[-1].filename != chunk.filename
             ):
-                yield ProcessChunks(self.processor, tuple(batch), self.schema, self.spill)
+                yield self._element(batch)
                 batch = []
             batch.append(chunk)
         if batch:
-            yield ProcessChunks(self.processor, tuple(batch), self.schema, self.spill)
+            yield self._element(batch)
+
+    def _element(self, batch: list[Chunk]) -> ProcessChunks:
+        return ProcessChunks(self.processor, tuple(batch), self.schema, self.spill,
+                             self.uproot_options)
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -113,4 +122,5 @@ class Workload:
             schema=self.schema,
             chunks_per_task=self.chunks_per_task,
             spill=self.spill,
+            uproot_options=self.uproot_options,
         )

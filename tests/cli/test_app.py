@@ -224,3 +224,14 @@ def test_continue_on_error_prints_one_line_per_distinct_error(capsys, fileset_pa
     assert any("and 5 more chunks" in line and "DYJetsToLL" in line for line in failed), text
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert len(report["failed_chunks"]) == 12 and report["status"] == "incomplete"
+
+
+@pytest.mark.parametrize("command", ["run", "preprocess"])
+def test_bad_uproot_options_are_one_line(capsys, fileset_path, tmp_path, command):
+    head = ["run", "coffea_hpc.examples.dimuon:DimuonProcessor", "--fileset"] \
+        if command == "run" else ["preprocess"]
+    code, text = _run(capsys, *head, str(fileset_path), "-o", str(tmp_path / "x"),
+                      "--executor", "iterative", "--uproot-options", "{timeout: [")
+    assert code == 2
+    assert text.startswith("error: --uproot-options: not valid JSON or YAML")
+    assert "Traceback" not in text

@@ -115,3 +115,34 @@ def test_limit_keeps_the_first_files_of_each_dataset():
     assert [f.path for _, f in limited.files] == ["/1", "/2", "/4"]
     assert yaml.safe_load(yaml.safe_dump(limited.to_mapping()))["b"]["files"] == {
         "/4": {"object_path": "Events"}}
+
+
+def test_replicas_as_a_list_of_urls_or_a_field_read_the_same():
+    as_list = Fileset.from_mapping({"d": [["root://a//f.root", "root://b//f.root"], "/x.root"]})
+    as_field = Fileset.from_mapping({"d": {"files": {
+        "root://a//f.root": {"object_path": "Events", "replicas": ["root://b//f.root"]},
+        "/x.root": "Events"}}})
+    assert as_list == as_field
+    first = as_list.files[0][1]
+    assert first.path == "root://a//f.root" and first.replicas == ("root://b//f.root",)
+    assert Fileset.from_mapping(as_list.to_mapping()) == as_list  # saved and read back
+
+
+def test_redirectors_rewrite_store_paths_in_order():
+    fs = Fileset.from_mapping({"d": ["/store/mc/a.root", "root://eos.example//store/mc/b.root",
+                                     "/data/c.root"]})
+    a, b, c = (f for _, f in fs.with_redirectors(["root://regional:1094/",
+                                                   "root://global"]).files)
+    assert a.locations == ("root://regional:1094//store/mc/a.root",
+                           "root://global//store/mc/a.root")
+    assert b.locations == ("root://eos.example//store/mc/b.root",
+                           "root://regional:1094//store/mc/b.root",
+                           "root://global//store/mc/b.root")
+    assert c.locations == ("/data/c.root",)
+
+
+def test_malformed_replicas_and_redirectors_are_one_line_errors():
+    with pytest.raises(FilesetError, match="'replicas' must be a list"):
+        Fileset.from_mapping({"d": {"files": {"/a.root": {"replicas": "root://b//a.root"}}}})
+    with pytest.raises(FilesetError, match="is not a URL"):
+        Fileset.from_mapping({"d": ["/store/a.root"]}).with_redirectors(["cmsxrootd.fnal.gov"])

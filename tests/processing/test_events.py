@@ -94,5 +94,6 @@ def test_the_header_of_an_open_file_comes_from_the_cache(path):
     first = builder.header(path, "Events")
     assert not builder._files  # reading a header opens nothing for later
     tree = builder.tree(path, "Events")
-    assert builder.header(path, "Events") == first == (tree.num_entries, str(tree.file.uuid))
+    assert builder.header(path, "Events") == first \
+        == (tree.num_entries, str(tree.file.uuid), path)
     builder.close()

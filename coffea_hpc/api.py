@@ -79,7 +79,7 @@ def run(
     uproot_options: Mapping[str, Any] | str | None = None,
     xrootd_timeout: float | None = None,
     redirector: Sequence[str] | None = None,
-    metadata_cache: str | Path | None = None,
+    metadata_cache: str | Path | bool | None = None,
     policy: ErrorPolicy | None = None,
     reduction: Reduction | None = None,
     reporter: Reporter | None = None,
@@ -93,8 +93,9 @@ def run(
     # a Fileset or mapping, a Backend object: used as they are, not run options
     given["fileset"] = fileset if isinstance(fileset, str | Path) else None
     given["backend"] = backend if isinstance(backend, str) else None
-    if metadata_cache is not None:
-        given["metadata_cache"] = str(metadata_cache)
+    if metadata_cache is not None:  # a path; False: none (the command line's "off")
+        given["metadata_cache"] = {True: None, False: "off"}.get(metadata_cache,  # type: ignore[arg-type]
+                                                                  str(metadata_cache))
     options = RunOptions.layered(run_options, _renamed(given), _keywords())
     return _run_with(processor, options, fileset=fileset, backend=backend, policy=policy,
                      reduction=reduction, reporter=reporter)
@@ -144,7 +145,7 @@ def _run_with(processor: Any, options: RunOptions, *, fileset: Any = None, backe
         checkpoint_interval=options.checkpoint_every, reporter=reporter,
         run_options=options.model_dump(mode="json", by_alias=True),
         uproot_options=options.uproot_options, xrootd_timeout=options.xrootd_timeout,
-        redirectors=options.redirector,
+        redirectors=options.redirector or (),
         metadata_cache=options.metadata_cache if options.metadata_cache is not None else True)
 
 

@@ -78,7 +78,7 @@ class RunOptions(BaseModel):
     uproot_options: dict[str, Any] | str | None = None
     """Options of every ``uproot.open``: a mapping, or JSON/YAML text or a file."""
     xrootd_timeout: float | None = Field(default=None, gt=0)
-    redirector: list[str] = Field(default_factory=list)
+    redirector: list[str] | None = None
     metadata_cache: str | None = None
     """The metadata cache's path, or ``off`` (default: the user's cache folder)."""
 

@@ -68,8 +68,8 @@ def test_a_file_missing_on_the_first_redirector_is_read_from_the_second(
     outcome = run(dimuon, {ds.name: {"files": [lfn], "metadata": ds.metadata}},
                   backend="iterative", chunksize=CHUNKSIZE, output_dir=tmp_path,
                   metadata_cache=False, xrootd_timeout=10,
-                  redirectors=[f"root://localhost:{xrootd_server.port}/",
-                               f"root://localhost:{second_server.port}/"])
+                  redirector=[f"root://localhost:{xrootd_server.port}/",
+                              f"root://localhost:{second_server.port}/"])
     local = run(dimuon, {ds.name: {"files": [f.path], "metadata": ds.metadata}},
                 backend="iterative", chunksize=CHUNKSIZE, metadata_cache=False)
     assert_same(outcome.output, local.output)

@@ -36,6 +36,13 @@ def own_metadata_cache():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def fresh_metadata_cache(own_metadata_cache, tmp_path_factory, monkeypatch):
+    """And each test starts from an empty one: what a test counts (files opened, inspection
+    tasks sent to an endpoint) must not depend on which tests ran before it."""
+    monkeypatch.setenv("COFFEA_HPC_CACHE_DIR", str(tmp_path_factory.mktemp("metadata-cache")))
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("synthetic")

@@ -180,13 +180,18 @@ def submit(
                   f"coffea-hpc logs {record.job_id} -f", highlight=False)
     out.print(record.job_id)
     if wait:
-        from coffea_hpc.sites.submit import status as status_line
-        from coffea_hpc.sites.submit import wait as wait_for
+        _wait(record.job_id)
 
-        state = wait_for(record.job_id)
-        console.print(f"job {record.job_id}: {status_line(record.job_id)}", highlight=False)
-        if state.state != "COMPLETED":
-            raise typer.Exit(1)
+
+def _wait(job_id: str) -> None:
+    """Until the job ends; exit 1 unless it COMPLETED."""
+    from coffea_hpc.sites.submit import status as status_line
+    from coffea_hpc.sites.submit import wait as wait_for
+
+    state = wait_for(job_id)
+    console.print(f"job {job_id}: {status_line(job_id)}", highlight=False)
+    if state.state != "COMPLETED":
+        raise typer.Exit(1)
 
 
 def status(job_id: Annotated[str, typer.Argument(help="Job id from 'submit'.")]) -> None:

@@ -27,7 +27,7 @@ from coffea_hpc import output as files
 from coffea_hpc._resources import resource_dir
 from coffea_hpc.errors import SiteError
 from coffea_hpc.sites.jobstate import JobState, query
-from coffea_hpc.sites.schema import SiteConfig
+from coffea_hpc.sites.schema import SiteConfig, walltime_seconds
 
 __all__ = [
     "SCHEDULERS",
@@ -136,9 +136,9 @@ def render_job(
         "workdir": shlex.quote(str(analysis_dir or Path.cwd())),
         "log": str(log), "setup": "\n".join(filter(None, [pr.worker_init, sub.setup])),
         "environment": environment, "command": driver_command(site, run_args),
-        "signal_lead": SIGNAL_LEAD,
     }
     wall = walltime or sub.walltime or pr.walltime
+    common["signal_lead"] = _signal_lead(wall)
     n = nodes or sub.nodes
     if scheduler == "slurm":
         lines = [f"#SBATCH --{k}={v}" for k, v in (
@@ -157,7 +157,7 @@ def render_job(
         lines = [f"#PBS -{k} {v}" for k, v in (("A", pr.account), ("q", pr.queue)) if v]
         lines += [pr.scheduler_options, sub.directives]
         text = render(SCHEDULERS["pbs"].template, nodes=n, walltime=wall, select=select,
-                      stop_after=f"{_stop_after(wall)}s",
+                      stop_after=f"{walltime_seconds(wall) - _signal_lead(wall)}s",
                       directives="\n".join(filter(None, lines)), **common)
         return {"driver.pbs": text}
     script = output_dir / "submit" / "driver.sh"
@@ -173,12 +173,11 @@ def render_job(
     }
 
 
-def _stop_after(walltime: str) -> int:
-    """Seconds from the start of a job to the SIGTERM that leaves the driver time to save."""
-    days, _, clock = walltime.rpartition("-")
-    h, m, sec = (int(x) for x in clock.split(":"))
-    total = int(days or 0) * 86400 + h * 3600 + m * 60 + sec
-    return total - SIGNAL_LEAD if total > 2 * SIGNAL_LEAD else max(total // 2, 1)
+def _signal_lead(walltime: str) -> int:
+    """Seconds before the time limit at which the driver gets SIGTERM: `SIGNAL_LEAD`, or
+    half of a job shorter than twice that (a driver stopped as it starts saves nothing)."""
+    total = walltime_seconds(walltime)
+    return SIGNAL_LEAD if total > 2 * SIGNAL_LEAD else max(total // 2, 1)
 
 
 def submit_job(site: SiteConfig, job_files: dict[str, str], output_dir: Path) -> JobRecord:

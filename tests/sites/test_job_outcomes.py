@@ -33,7 +33,9 @@ def _submit(tmp_path, name: str, command: str, walltime: str = "00:10:00") -> st
 
 def test_status_tells_completed_failed_timeout_and_cancelled(slurm_cluster, tmp_path, capsys):
     jobs = {
-        "TIMEOUT": _submit(tmp_path, "timeout", "sleep 600", walltime="00:01:00"),
+        # a job that ignores the SIGTERM sent before its limit (--signal) runs into it
+        "TIMEOUT": _submit(tmp_path, "timeout", "trap '' TERM; sleep 600",
+                           walltime="00:01:00"),
         "FAILED": _submit(tmp_path, "fails", "exit 3"),
         "COMPLETED": _submit(tmp_path, "completes", "true"),
         "CANCELLED": _submit(tmp_path, "cancelled", "sleep 600"),

@@ -365,7 +365,8 @@ class FutureTask:
         self._acc.metrics["lost_to_ended_blocks"] = \
             self._acc.metrics.get("lost_to_ended_blocks", 0) + len(lost)
         self._backlog.extendleft(reversed(list(self._work.subset(lost))))
-        return {k: e for k, e in errors.items() if k not in set(lost)}
+        rerun = set(lost)
+        return {k: e for k, e in errors.items() if k not in rerun}
 
     def _end_probes(self, keys: tuple[Hashable, ...], retried: list[Hashable]) -> None:
         """A file's retried chunk that came back with anything but another retry ends the

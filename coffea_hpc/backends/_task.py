@@ -18,6 +18,7 @@ import contextlib
 import copy
 import logging
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
@@ -262,6 +263,14 @@ class FutureTask:
         self._status = TaskStatus.RUNNING
         future.add_done_callback(lambda _f, t=token: self._queue.put(t))
 
+    def _launch_later(self, element: WorkElement, delay: float) -> None:
+        """Submit ``element`` after ``delay`` seconds. It holds its place in flight
+        meanwhile; a timer only wakes the driver thread, which submits it (`_drain`)."""
+        token = self._next_token
+        self._next_token += 1
+        self._inflight[token] = (element, _Waiting(delay, lambda: self._queue.put(token)))
+        self._status = TaskStatus.RUNNING
+
     def _drain(self, *, block: bool, timeout: float | None = None) -> None:
         while self._inflight:
             try:
@@ -271,6 +280,9 @@ class FutureTask:
             block = False  # after one arrival, take only what is already there
             entry = self._inflight.pop(token, None)
             if entry is None:  # cancelled and forgotten
+                continue
+            if isinstance(entry[1], _Waiting):  # a retry's wait is over
+                self._launch(entry[0])
                 continue
             if token in self._merging:
                 self._merging.discard(token)
@@ -307,6 +319,7 @@ class FutureTask:
         if unattempted:
             self._backlog.extendleft(reversed(list(self._work.subset(unattempted))))
         retry: list[Hashable] = []
+        delay = 0.0
         labels = dict(zip(element.keys, getattr(element, "labels", ()), strict=False))
         errors = self._resubmit_lost(errors)
         for key, error in errors.items():
@@ -328,6 +341,8 @@ class FutureTask:
             if attempts <= self._policy.max_retries:
                 log.info("retrying %s after %s (attempt %d)", label, error.summary(), attempts)
                 retry.append(key)
+                if error.matches((OSError,)):
+                    delay = max(delay, self._policy.io_retry_wait(attempts))
                 if file is not None:
                     self._file_probes[file] = key
                 if not error.matches(self._policy.continue_on):
@@ -346,7 +361,10 @@ class FutureTask:
         if retry:
             self._retries += len(retry)
             for element_again in self._work.subset(retry):
-                self._launch(element_again)
+                if delay > 0:
+                    self._launch_later(element_again, delay)
+                else:
+                    self._launch(element_again)
 
     def _resubmit_lost(self, errors: dict[Hashable, RemoteError]) -> dict[Hashable, RemoteError]:
         """Chunks whose block ended under them go back to the queue at no cost: the end of
@@ -548,6 +566,28 @@ class _Backlog:
 
 FREE_RESUBMISSIONS = 3
 """How often a chunk may be lost with its block before the loss counts as its failure."""
+
+
+class _Waiting:
+    """Stands in flight for an element whose retry waits (`FutureTask._launch_later`)."""
+
+    def __init__(self, delay: float, wake: Callable[[], None]) -> None:
+        self._timer = threading.Timer(delay, wake)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def add_done_callback(self, fn: Callable[[Any], object]) -> None:
+        raise NotImplementedError  # never submitted: the timer wakes the task instead
+
+    def done(self) -> bool:
+        return False  # nothing to keep when the task stops: the element never ran
+
+    def result(self, timeout: float | None = None) -> Any:
+        raise RuntimeError("a waiting retry has no result")
+
+    def cancel(self) -> bool:
+        self._timer.cancel()
+        return True
 
 
 class _FailedFuture:

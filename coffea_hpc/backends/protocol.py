@@ -105,15 +105,30 @@ class ErrorPolicy:
     ``cancel_on``, which stop the task at once. A unit that still fails afterwards is
     recorded as failed (and the task goes on) if its error matches ``continue_on``;
     otherwise the task stops with `ChunkFailedError`, keeping what it had computed.
+
+    A unit that failed to read its data (an `OSError`: a storage server restarting, a
+    timeout) is retried after ``io_retry_delay`` seconds, doubled at each attempt up to
+    ``io_retry_delay_max``: retried at once, a whole retry budget is spent within the
+    second a server takes to come back. Other errors are retried at once.
     """
 
     max_retries: int = 1
     continue_on: tuple[type[BaseException], ...] = ()
     cancel_on: tuple[type[BaseException], ...] = (KeyboardInterrupt, MemoryError)
+    io_retry_delay: float = 0.5
+    io_retry_delay_max: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.io_retry_delay < 0 or self.io_retry_delay_max < self.io_retry_delay:
+            raise ValueError("need 0 <= io_retry_delay <= io_retry_delay_max, got "
+                             f"{self.io_retry_delay} and {self.io_retry_delay_max}")
+
+    def io_retry_wait(self, attempts: int) -> float:
+        """Seconds to wait before attempt ``attempts + 1`` of a unit whose data failed to
+        read."""
+        return min(self.io_retry_delay * 2 ** max(attempts - 1, 0), self.io_retry_delay_max)
 
     @classmethod
     def skip_bad_files(cls, *, max_retries: int = 1) -> ErrorPolicy:

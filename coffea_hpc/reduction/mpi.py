@@ -21,7 +21,9 @@ outnumber cores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -125,15 +127,17 @@ def _receive_into(comm: Any, total: Any, source: int) -> Any:
 
 def mpi_merge(inputs: Sequence[str | Path], output_path: str | Path | None = None,
               comm: Any = None, *, key: RunKey | None,
-              trust_coffea_files: bool = False) -> tuple[Any, MergeStats]:
+              trust_coffea_files: bool = False,
+              error_file: str | None = None) -> tuple[Any, MergeStats]:
     """Merge ``inputs`` over the ranks of ``comm`` (default: COMM_WORLD); spill files
     must verify with ``key``, coffea files need ``trust_coffea_files`` (`merge_stream`).
 
     Returns the total (on rank 0; None elsewhere) and this rank's stats; rank 0's stats
     cover the whole merge (wall time, bytes read by all ranks, the largest peak RSS).
 
-    A rank that fails names its error on standard error and ends every rank (``Abort``):
-    the others would wait for it forever, some of them spinning inside a blocking send.
+    A rank that fails names its error on standard error (and in ``error_file``, if given)
+    and ends every rank (``Abort``): the others would wait for it forever, some of them
+    spinning inside a blocking send.
     """
     if comm is None:
         from mpi4py import MPI
@@ -144,13 +148,21 @@ def mpi_merge(inputs: Sequence[str | Path], output_path: str | Path | None = Non
     except Exception as err:
         if comm.Get_size() == 1:
             raise  # nobody waits: the caller reports it
-        _abort(comm, err)
+        _abort(comm, err, error_file)
         raise
 
 
-def _abort(comm: Any, err: Exception) -> None:
+def _abort(comm: Any, err: Exception, error_file: str | None = None) -> None:
     what = str(err) if isinstance(err, MergeError) else f"{type(err).__name__}: {err}"
-    print(f"error (rank {comm.Get_rank()}): {what}", file=sys.stderr, flush=True)
+    line = f"error (rank {comm.Get_rank()}): {what}"
+    print(line, file=sys.stderr, flush=True)
+    if error_file:
+        # the launcher may end every rank before it has forwarded what this one printed:
+        # the driver that asked for a file reads the reason there (the first rank to fail wins)
+        with contextlib.suppress(OSError):
+            fd = os.open(error_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(line + "\n")
     comm.Abort(2)  # the launcher ends every rank; this call does not return
 
 
@@ -249,17 +261,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         _abort(comm, err)
         return 2
+    error_file = None
     if args.serve:
         request = _await_request(comm)
         if request is None:
             return 0
         inputs, output_path = request["inputs"], request["output"]
+        error_file = request.get("error_file")
         key = RunKey.from_hex(request["key"]) if request.get("key") else None
         trust = bool(request.get("trust_coffea_files"))
     try:
-        _, stats = mpi_merge(inputs, output_path, comm, key=key, trust_coffea_files=trust)
+        _, stats = mpi_merge(inputs, output_path, comm, key=key, trust_coffea_files=trust,
+                             error_file=error_file)
     except Exception as err:  # a single rank: mpi_merge left the report to us
-        _abort(comm, err)
+        _abort(comm, err, error_file)
         return 2
     if comm.Get_rank() == 0:
         if args.serve:

@@ -118,10 +118,22 @@ class MpiMergeJob:
             raise MergeError(f"the MPI merge's ranks did not start within {start_timeout:g} s: "
                              + (" | ".join(self._tail) or "no output from the launcher"))
         self._used = True
+        output = Path(output_path).absolute()
+        # a failing rank names its error here too: the launcher may end the ranks before it
+        # forwards their last words (beside the output, which every rank can reach)
+        error_file = output.with_name(f".{output.name}.mpi-error-{os.getpid()}-{id(self)}")
+        error_file.unlink(missing_ok=True)
         request = {"inputs": [str(p) for p in expand_inputs(inputs)],
-                   "output": str(Path(output_path).absolute()),
+                   "output": str(output),
                    "key": key.hex() if key is not None else None,
-                   "trust_coffea_files": trust_coffea_files}
+                   "trust_coffea_files": trust_coffea_files,
+                   "error_file": str(error_file)}
+        try:
+            return self._run(request, timeout)
+        finally:
+            error_file.unlink(missing_ok=True)
+
+    def _run(self, request: dict, timeout: float | None) -> MergeStats:
         self._say(json.dumps(request) + "\n")
         if not self._finished.wait(timeout):
             self.cancel()
@@ -133,7 +145,11 @@ class MpiMergeJob:
             if self._no_inputs:
                 raise MergeError(f"the MPI merge's rank 0 read no inputs: {self._launcher!r} "
                                  "does not pass standard input on to rank 0")
-            raise MergeError(f"the MPI merge failed (exit {code}): " + " | ".join(self._tail))
+            said = ""
+            with contextlib.suppress(OSError):
+                said = Path(request["error_file"]).read_text().strip()
+            raise MergeError(f"the MPI merge failed (exit {code}): "
+                             + (said or " | ".join(self._tail)))
         # the output is written; the ranks finalise MPI and exit while the run goes on
         return MergeStats(inputs=data["inputs"], wall_time_s=data["wall_time_s"],
                           bytes_read=data["bytes_read"], peak_rss_bytes=data["peak_rss_bytes"],

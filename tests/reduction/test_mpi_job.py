@@ -126,3 +126,23 @@ def test_a_launcher_that_keeps_standard_input_from_rank_0_is_named(tmp_path, par
             MergeError, match="does not pass standard input on to rank 0"):
         job.merge(partial_files, tmp_path / "out.coffea", key=None, trust_coffea_files=True,
                   timeout=60)
+
+
+def test_a_rank_error_the_launcher_never_forwarded_still_reaches_the_driver(tmp_path,
+                                                                            partial_files):
+    """``MPI_Abort`` can end every rank before the launcher forwards what the failing rank
+    printed; the reason must still reach the driver (here the launcher drops it always)."""
+    mpiexec = Path(sys.executable).with_name("mpiexec")
+    lossy = tmp_path / "lossy-mpiexec"
+    lossy.write_text("#!/bin/bash\nset -o pipefail\n"
+                     f'{mpiexec if mpiexec.exists() else "mpiexec"} "$@" 2>&1 '
+                     "| grep --line-buffered -v -e '^error (rank' -e 'Abort('\n")
+    lossy.chmod(0o755)
+    bad = tmp_path / "in" / "zz.coffea"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a pickle")
+    with MpiMergeJob(2, launcher=str(lossy)) as job, pytest.raises(
+            MergeError, match=rf"failed \(exit \d+\): error \(rank \d\): .*{bad.name}"):
+        job.merge([*partial_files, bad], tmp_path / "out.coffea", key=None,
+                  trust_coffea_files=True, timeout=60)
+    assert not list(tmp_path.glob(".out.coffea.mpi-error-*"))

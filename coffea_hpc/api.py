@@ -51,6 +51,7 @@ def run(
     limit_chunks: int | None = None,
     schema: str | None = None,
     retries: int | None = None,
+    processor_retries: int | None = None,
     skip_bad_files: bool | None = None,
     continue_on_error: bool | None = None,
     align_clusters: bool | None = None,
@@ -152,11 +153,12 @@ def _run_with(processor: Any, options: RunOptions, *, fileset: Any = None, backe
 def _policy(options: RunOptions) -> ErrorPolicy:
     from coffea_hpc.backends import ErrorPolicy
 
+    budgets = {"max_retries": options.retries, "processor_retries": options.processor_retries}
     if options.continue_on_error:
-        return ErrorPolicy.continue_on_error(max_retries=options.retries)
+        return ErrorPolicy.continue_on_error(**budgets)
     if options.skip_bad_files:
-        return ErrorPolicy.skip_bad_files(max_retries=options.retries)
-    return ErrorPolicy(max_retries=options.retries)
+        return ErrorPolicy.skip_bad_files(**budgets)
+    return ErrorPolicy(**budgets)
 
 
 def _backend(options: RunOptions) -> Any:
@@ -212,6 +214,7 @@ def submit(
     limit_chunks: int | None = None,
     schema: str | None = None,
     retries: int | None = None,
+    processor_retries: int | None = None,
     skip_bad_files: bool | None = None,
     continue_on_error: bool | None = None,
     align_clusters: bool | None = None,

@@ -50,6 +50,7 @@ class RunOptions(BaseModel):
     limit_chunks: int | None = Field(default=None, ge=1)
     schema_name: str = Field(default="nanoaod", alias="schema")
     retries: int = Field(default=1, ge=0)
+    processor_retries: int = Field(default=0, ge=0)
     skip_bad_files: bool = False
     continue_on_error: bool = False
     align_clusters: bool = False

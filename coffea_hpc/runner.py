@@ -195,7 +195,9 @@ def run(
                 "chunksize": chunksize, "chunks_per_task": per_task, "schema": schema,
                 "align_clusters": align_clusters, "limit_files": limit_files,
                 "limit_chunks": limit_chunks, "reduction": reduction.mode,
-                "max_retries": (policy or ErrorPolicy()).max_retries, "resume": resume}
+                "max_retries": (policy or ErrorPolicy()).max_retries,
+                "processor_retries": (policy or ErrorPolicy()).processor_retries,
+                "resume": resume}
 
             def report(status: str, result: Result, **kw: Any) -> dict[str, Any]:
                 row = _report(status, started, backend, prep, work, result, stages,
@@ -550,13 +552,15 @@ def _reads(prep: Preprocessed, metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _failure_row(failure: Failure) -> dict[str, Any]:
-    """A failed chunk as the analyst needs it: where, what, and the processor's traceback."""
+    """A failed chunk as the analyst needs it: where, what (``kind``: ``io``, ``processor`` or
+    ``worker``, the retry budget it spent), and the processor's traceback."""
     row: dict[str, Any] = {"chunk": failure.label or str(failure.key)}
     if isinstance(failure.key, tuple) and len(failure.key) == 5:
         dataset, filename, treename, start, stop = failure.key
         row.update(dataset=dataset, file=filename, treename=treename, entrystart=start,
                    entrystop=stop)
-    row.update(exception=failure.error.type_name, message=failure.error.message,
+    row.update(kind=failure.kind, location=failure.error.location or None,
+               exception=failure.error.type_name, message=failure.error.message,
                error=failure.error.summary(), attempts=failure.attempts,
                traceback=failure.error.traceback)
     return row

@@ -95,3 +95,14 @@ def remote_fileset(fileset: Fileset, data_dir: Path, xrootd_server) -> Fileset:
         ds["files"] = {xrootd_server.url(Path(p).relative_to(data_dir)): spec
                        for p, spec in ds["files"].items()}
     return Fileset.from_mapping(mapping)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``xrootd`` skips, saying why, where no XRootD server can run (whether
+    it uses the shared server or starts its own)."""
+    if item.get_closest_marker("xrootd") is not None:
+        from tests.xrootd_server import xrootd_missing
+
+        reason = xrootd_missing()
+        if reason:
+            pytest.skip(reason)

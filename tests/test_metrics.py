@@ -130,7 +130,8 @@ def test_retries_and_dead_workers_are_rows_with_their_attempt(fileset, tmp_path,
     flag.touch()
     out = tmp_path / "out"
     run(FailsOnce(flag, how), fileset, backend=backend, workers=2, chunksize=1_000,
-        chunks_per_task=1, output_dir=out, policy=ErrorPolicy(max_retries=1))
+        chunks_per_task=1, output_dir=out,
+        policy=ErrorPolicy(max_retries=1, processor_retries=1))
     rows = read_chunks(out / CHUNKS_NAME)
     failed = [r for r in rows if r["outcome"] != "ok"]
     assert len(failed) == 1 and failed[0]["outcome"] == outcome

@@ -230,21 +230,23 @@ class Broken(processor.ProcessorABC):
 
 @pytest.mark.parametrize("backend", ["futures", "parsl"])
 def test_a_processor_bug_stops_the_run_early_and_is_reported(fileset, tmp_path, backend):
-    """coffea's Runner stops at the first exception; a run stops once the failing chunk
-    has used its retries, having called the processor a handful of times, not for every
-    chunk, and the report names the chunk with the analyst's own traceback."""
+    """coffea's Runner stops at the first exception; a run stops at the first chunk whose
+    processor raised, without a retry (the I/O retries are not for bugs), having called
+    the processor a handful of times, not for every chunk, and the report names the chunk
+    with the analyst's own traceback."""
     (tmp_path / "broken.py").write_text(BROKEN_ANALYSIS)
     out = tmp_path / "out"
     with pytest.raises(ChunkFailedError, match="broken analysis code") as info:
         run(f"{tmp_path / 'broken.py'}:Broken", fileset, backend=backend, workers=2,
-            chunksize=100, output_dir=out, policy=ErrorPolicy(max_retries=1))
+            chunksize=100, output_dir=out, policy=ErrorPolicy(max_retries=3))
     n_chunks = 4 * 30
     calls = len((tmp_path / "calls.txt").read_text().splitlines())
-    assert calls <= 2 * (2 * 2 + 2), f"{calls} calls for {n_chunks} chunks"
+    assert calls <= 2 * 2 + 2, f"{calls} calls for {n_chunks} chunks"
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "failed"
     [failed] = report["failed_chunks"]
-    assert failed["exception"] == "ValueError" and failed["attempts"] == 2
+    assert failed["exception"] == "ValueError" and failed["attempts"] == 1
+    assert failed["kind"] == "processor" and failed["location"] == failed["file"]
     assert failed["message"].startswith("broken analysis code in")
     assert failed["dataset"] in {ds.name for ds in fileset}
     assert Path(failed["file"]).exists() and failed["entrystop"] > failed["entrystart"]
@@ -262,6 +264,55 @@ def test_continue_on_error_goes_on_and_lists_every_failure(fileset, tmp_path):
     assert outcome.report["status"] == "incomplete"
     assert len(outcome.report["failed_chunks"]) == 12
     assert {f["dataset"] for f in outcome.report["failed_chunks"]} == {ds.name for ds in fileset}
+
+
+MIXED_ANALYSIS = '''
+import awkward as ak
+from coffea import processor
+
+
+class Mixed(processor.ProcessorABC):
+    def process(self, events):
+        if events.metadata["dataset"] == "buggy":
+            raise ValueError("a bug in the analysis")
+        return {"n": len(events), "sumpt": float(ak.sum(events.Muon.pt))}
+
+    def postprocess(self, accumulator):
+        return accumulator
+'''
+
+
+@pytest.mark.parametrize("backend", ["iterative", "futures"])
+def test_read_errors_and_processor_errors_spend_their_own_retries(fileset, tmp_path,
+                                                                  backend):
+    """A chunk whose data fails to read is retried ``max_retries`` times (storage has bad
+    moments), one whose processor raised ``processor_retries`` times; the report says which
+    kind each failure was and where its file was read from."""
+    import shutil
+
+    from tests.helpers import damage_basket
+
+    source = fileset.datasets["DYJetsToLL"].files[0].path
+    damaged, copy = tmp_path / "damaged.root", tmp_path / "copy.root"
+    shutil.copy(source, damaged)
+    shutil.copy(source, copy)
+    damage_basket(damaged)
+    spec = {"good": [source], "unreadable": [str(damaged)], "buggy": [str(copy)]}
+    (tmp_path / "mixed.py").write_text(MIXED_ANALYSIS)
+    outcome = run(f"{tmp_path / 'mixed.py'}:Mixed", spec, backend=backend, workers=2,
+                  chunksize=500, output_dir=tmp_path / "out",
+                  policy=ErrorPolicy.continue_on_error(max_retries=2, processor_retries=1))
+    assert outcome.report["status"] == "incomplete"
+    rows = outcome.report["failed_chunks"]
+    io = [r for r in rows if r["dataset"] == "unreadable"]
+    bugs = [r for r in rows if r["dataset"] == "buggy"]
+    assert {r["kind"] for r in io} == {"io"} and {r["kind"] for r in bugs} == {"processor"}
+    assert max(r["attempts"] for r in io) == 3, io  # the file's probe chunk: 1 + 2 retries
+    assert len(bugs) == 6 and {r["attempts"] for r in bugs} == {2}, bugs
+    assert {r["location"] for r in bugs} == {str(copy)}
+    assert {r["location"] for r in io if r["attempts"]} == {str(damaged)}
+    assert outcome.report["configuration"]["processor_retries"] == 1
+    assert outcome.output["n"] >= 3_000  # the good file, and what was read of the damaged one
 
 
 class FailsToPostprocess(RecordingProcessor):

@@ -324,8 +324,8 @@ class FutureTask:
         errors = self._resubmit_lost(errors)
         for key, error in errors.items():
             label = labels.get(key, str(key))
-            file = self._file_of(key) if self._file_of is not None and \
-                error.matches((OSError,)) else None
+            kind = _kind(error, died)
+            file = self._file_of(key) if self._file_of is not None and kind == "io" else None
             if file in self._bad_files:  # was under way when its file was given up
                 self._give_up([key], self._bad_files[file], element)
                 continue
@@ -336,12 +336,12 @@ class FutureTask:
             attempts = self._attempts.get(key, 0) + 1
             self._attempts[key] = attempts
             if error.matches(self._policy.cancel_on):
-                self._halt(key, error, attempts, label)
+                self._halt(key, error, attempts, label, kind)
                 return
-            if attempts <= self._policy.max_retries:
+            if attempts <= self._policy.budget(kind):
                 log.info("retrying %s after %s (attempt %d)", label, error.summary(), attempts)
                 retry.append(key)
-                if error.matches((OSError,)):
+                if kind == "io":
                     delay = max(delay, self._policy.io_retry_wait(attempts))
                 if file is not None:
                     self._file_probes[file] = key
@@ -349,13 +349,13 @@ class FutureTask:
                     self._probing.add(key)
             elif error.matches(self._policy.continue_on):
                 log.info("skipping %s: %s", label, error.summary())  # summed up at the end
-                failure = Failure(key, error, attempts, label)
+                failure = Failure(key, error, attempts, label, kind)
                 self._failed[key] = failure
                 self._acc.failures = (*self._acc.failures, failure)
                 if file is not None:
                     self._give_up_file(file, error)
             else:
-                self._halt(key, error, attempts, label)
+                self._halt(key, error, attempts, label, kind)
                 return
         self._end_probes(element.keys, retry)
         if retry:
@@ -414,7 +414,8 @@ class FutureTask:
         for key in keys:
             if key in self._failed or key in self._done:
                 continue
-            failure = Failure(key, error, self._attempts.get(key, 0), labels.get(key, str(key)))
+            failure = Failure(key, error, self._attempts.get(key, 0), labels.get(key, str(key)),
+                              "io")
             self._failed[key] = failure
             self._acc.failures = (*self._acc.failures, failure)
 
@@ -477,14 +478,14 @@ class FutureTask:
             self._launch(element, merge=True)
 
     def _halt(self, key: Hashable, error: RemoteError, attempts: int,
-              label: str | None = None) -> None:
+              label: str | None = None, kind: str = "") -> None:
         label = label or str(key)
         tries = f" (after {attempts} attempts)" if attempts > 1 else ""
         self._status = TaskStatus.FAILED
         self._keep_finished()
         self._forget_inflight()
         self._backlog.clear()
-        self._failed[key] = Failure(key, error, attempts, label)
+        self._failed[key] = Failure(key, error, attempts, label, kind)
         stop = ChunkFailedError(
             f"{label}: {error.summary()}{tries}",
             partial=self._acc.without_failures(),
@@ -606,3 +607,10 @@ class _FailedFuture:
 
 def _failed_future(exc: BaseException) -> _FailedFuture:
     return _FailedFuture(exc)
+
+
+def _kind(error: RemoteError, died: RemoteError | None) -> str:
+    """Which retry budget a failure spends (`Failure.kind`)."""
+    if died is not None:
+        return "worker"
+    return "io" if error.matches((OSError,)) else "processor"

@@ -101,10 +101,14 @@ class TaskProgress:
 class ErrorPolicy:
     """What to do when a unit of work fails.
 
-    Every failure is retried up to ``max_retries`` times, except those matching
-    ``cancel_on``, which stop the task at once. A unit that still fails afterwards is
-    recorded as failed (and the task goes on) if its error matches ``continue_on``;
-    otherwise the task stops with `ChunkFailedError`, keeping what it had computed.
+    Failures are of three kinds, each with its retry budget: a unit whose data failed to
+    read (an `OSError`) or whose worker died is retried up to ``max_retries`` times (a
+    storage server or a node has bad moments); an exception raised by the processor is
+    retried ``processor_retries`` times, none by default: a bug fails the same way again,
+    and a retry would only delay the message. Errors matching ``cancel_on`` stop the task
+    at once. A unit that still fails afterwards is recorded as failed (and the task goes
+    on) if its error matches ``continue_on``; otherwise the task stops with
+    `ChunkFailedError`, keeping what it had computed.
 
     A unit that failed to read its data (an `OSError`: a storage server restarting, a
     timeout) is retried after ``io_retry_delay`` seconds, doubled at each attempt up to
@@ -113,14 +117,16 @@ class ErrorPolicy:
     """
 
     max_retries: int = 1
+    processor_retries: int = 0
     continue_on: tuple[type[BaseException], ...] = ()
     cancel_on: tuple[type[BaseException], ...] = (KeyboardInterrupt, MemoryError)
     io_retry_delay: float = 0.5
     io_retry_delay_max: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.max_retries < 0 or self.processor_retries < 0:
+            raise ValueError("retries must be >= 0, got max_retries="
+                             f"{self.max_retries}, processor_retries={self.processor_retries}")
         if self.io_retry_delay < 0 or self.io_retry_delay_max < self.io_retry_delay:
             raise ValueError("need 0 <= io_retry_delay <= io_retry_delay_max, got "
                              f"{self.io_retry_delay} and {self.io_retry_delay_max}")
@@ -130,16 +136,23 @@ class ErrorPolicy:
         read."""
         return min(self.io_retry_delay * 2 ** max(attempts - 1, 0), self.io_retry_delay_max)
 
-    @classmethod
-    def skip_bad_files(cls, *, max_retries: int = 1) -> ErrorPolicy:
-        """Go on past files that cannot be opened or read (the ``--skip-bad-files`` flag)."""
-        return cls(max_retries=max_retries, continue_on=(OSError,))
+    def budget(self, kind: str) -> int:
+        """The retries a unit gets for a failure of ``kind`` (see `Failure.kind`)."""
+        return self.processor_retries if kind == "processor" else self.max_retries
 
     @classmethod
-    def continue_on_error(cls, *, max_retries: int = 1) -> ErrorPolicy:
+    def skip_bad_files(cls, *, max_retries: int = 1, processor_retries: int = 0) -> ErrorPolicy:
+        """Go on past files that cannot be opened or read (the ``--skip-bad-files`` flag)."""
+        return cls(max_retries=max_retries, processor_retries=processor_retries,
+                   continue_on=(OSError,))
+
+    @classmethod
+    def continue_on_error(cls, *, max_retries: int = 1,
+                          processor_retries: int = 0) -> ErrorPolicy:
         """Go on past any chunk that fails, the processor's own exceptions included (the
         ``--continue-on-error`` flag); every failure is listed in the report."""
-        return cls(max_retries=max_retries, continue_on=(Exception,))
+        return cls(max_retries=max_retries, processor_retries=processor_retries,
+                   continue_on=(Exception,))
 
 
 @runtime_checkable

@@ -38,7 +38,12 @@ LimitChunks = Annotated[int | None, typer.Option(
     "--limit-chunks", help="Process at most N chunks of each dataset.")]
 Schema = Annotated[str, typer.Option(
     "--schema", help="NanoEvents schema: nanoaod, base, physlite, ... or a dotted path.")]
-Retries = Annotated[int, typer.Option("--retries", help="Retries per failed chunk.")]
+Retries = Annotated[int, typer.Option(
+    "--retries", help="Retries of a chunk whose data failed to read or whose worker died.")]
+ProcessorRetries = Annotated[int, typer.Option(
+    "--processor-retries",
+    help="Retries of a chunk whose processor raised (default 0: a bug fails the same way "
+         "again).")]
 SkipBad = Annotated[bool, typer.Option(
     "--skip-bad-files/--no-skip-bad-files",
     help="Skip (and report) files that cannot be opened or read.")]

@@ -143,6 +143,7 @@ def submit(
     limit_chunks: opt.LimitChunks = None,
     schema: opt.Schema = "nanoaod",
     retries: opt.Retries = 1,
+    processor_retries: opt.ProcessorRetries = 0,
     skip_bad_files: opt.SkipBad = False,
     continue_on_error: opt.ContinueOnError = False,
     align_clusters: opt.AlignClusters = False,

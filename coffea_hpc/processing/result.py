@@ -34,6 +34,8 @@ class RemoteError:
     type_names: tuple[str, ...]
     message: str
     traceback: str = ""
+    location: str = ""
+    """Where the chunk's file was being read from when it happened, where known."""
 
     @classmethod
     def from_exception(cls, exc: BaseException, *, skip_frames_in: str = "") -> RemoteError:
@@ -75,6 +77,9 @@ class Failure:
     error: RemoteError
     attempts: int = 1
     label: str = ""
+    kind: str = ""
+    """What failed, which decides the retry budget it spent: ``io`` (reading the data),
+    ``processor`` (the analyst's code), ``worker`` (the process running it died)."""
 
     def describe(self) -> str:
         return f"{self.label or self.key}: {self.error.summary()}"

@@ -13,6 +13,7 @@ of `_fewer_gc_pauses` Python itself would hardly ever make one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import importlib
 import os
@@ -211,12 +212,16 @@ def process_chunks(
     with _fewer_gc_pauses():
         for i, chunk in enumerate(chunks):
             probe = ChunkProbe(chunk, files.bytes_read(chunk.filename, chunk.treename))
+            tried: list[str] = []
             try:
-                part = _process_at_any_location(files, proc, chunk, schemaclass, metrics)
+                part = _process_at_any_location(files, proc, chunk, schemaclass, metrics,
+                                                tried)
                 acc.absorb(part)
             except Exception as exc:
                 error = RemoteError.from_exception(_as_read_error(exc, chunk),
                                                    skip_frames_in=_OWN_CODE)
+                if tried:
+                    error = dataclasses.replace(error, location=tried[-1])
                 failures.append(Failure(chunk.key, error, label=chunk.describe()))
                 unattempted = tuple(c.key for c in chunks[i + 1:])
                 rows.append(probe.row("failed", files.bytes_read(chunk.filename,
@@ -255,14 +260,15 @@ def _ok_row(probe: ChunkProbe, part: Result, events: EventsBuilder) -> dict[str,
 
 
 def _process_at_any_location(files: EventsBuilder, proc: Any, chunk: Chunk,
-                             schemaclass: type, metrics: bool) -> Result:
+                             schemaclass: type, metrics: bool, tried: list[str]) -> Result:
     """Process the chunk, moving to the file's next location when a read fails.
 
     Events are virtual: the processor's own ``process`` reads the columns, so a storage
     failure surfaces there, as an `OSError` (or an error raised inside uproot, which
     `_as_read_error` takes for the data's), and the chunk is processed again from another
     location (processors are functions of their events, as coffea requires). Whatever
-    fails, the file is closed: a retry must not reuse a dead connection.
+    fails, the file is closed: a retry must not reuse a dead connection. Each location
+    that failed is added to ``tried``, for the report.
     """
     failed: set[str] = set()
     attempts: list[tuple[str, str]] = []
@@ -277,6 +283,8 @@ def _process_at_any_location(files: EventsBuilder, proc: Any, chunk: Chunk,
         except Exception as exc:
             location = files.location(chunk.filename, chunk.treename)
             files.forget(chunk.filename, chunk.treename)
+            if location is not None:
+                tried.append(location)
             if location is None or not isinstance(_as_read_error(exc, chunk), OSError):
                 raise  # the processor's own error, or an open that failed (and was recorded)
             message = f"{type(exc).__name__}: {exc}"

@@ -125,7 +125,9 @@ def test_partial_result_plus_remaining_equals_full(backend, fileset, reference, 
 
 def test_retries_recover_from_transient_failures(backend, fileset, reference, tmp_path):
     prepared = preprocess(fileset, backend, chunksize=1_000).fileset
-    task = _compute(backend, FlakyProcessor({0}, tmp_path), prepared, ErrorPolicy(max_retries=1))
+    # the processor raised: its own budget is spent, not the one for reads and dead workers
+    task = _compute(backend, FlakyProcessor({0}, tmp_path), prepared,
+                    ErrorPolicy(max_retries=0, processor_retries=1))
     result = task.result()
     assert task.progress().retries == 4
     assert not result.failures

@@ -57,7 +57,6 @@ def test_root_urls_get_uprootss_xrootd_source_unless_told_otherwise():
     assert chosen["handler"] is uproot.source.fsspec.FSSpecSource
 
 
-@pytest.mark.xrootd
 @pytest.mark.parametrize("how", ["--xrootd-timeout", "--uproot-options"])
 def test_a_silent_server_times_out_on_futures_workers(how, tmp_path, capsys):
     pytest.importorskip("XRootD.client", reason="pip install 'coffea-hpc[xrootd]'")

@@ -406,8 +406,8 @@ class Checkpointer:
             return
         garbage = getattr(task, "take_garbage", list)()
         if self.path is not None:
-            partial, _ = task.partial_result()
-            self.write(partial)
+            current = getattr(task, "current_result", None)  # no copy, no remaining work
+            self.write(current() if current is not None else task.partial_result()[0])
         else:
             self._last = time.monotonic()
         self._last_done = progress.done

@@ -578,3 +578,42 @@ def test_a_disk_that_fills_under_parsl_gives_one_line_not_a_flood_of_log_errors(
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "complete" and report["events"] == 12_000
+
+
+def test_checkpoints_write_the_running_sum_as_it_stands_without_copying_it(
+        fileset, tmp_path, monkeypatch):
+    """A checkpoint taken while chunks are in flight is written from the driver's running
+    sum itself, not from a copy (which would double the driver's memory for a large output)
+    nor with a walk over every remaining chunk; what it holds always covers exactly the
+    entries its ledger says."""
+    from coffea_hpc import checkpoint as checkpoint_module
+    from coffea_hpc.backends._task import FutureTask
+    from tests.helpers import write_slow_processor
+
+    copies: list[str] = []
+    for name in ("partial_result", "_remaining"):
+        real = getattr(FutureTask, name)
+
+        def spy(self, *args, _real=real, _name=name, **kwargs):
+            copies.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(FutureTask, name, spy)
+    written: list[tuple[int, int]] = []
+    real_write = checkpoint_module.write_checkpoint
+
+    def record(result, path, provenance):
+        counted = sum(flow["all"] for flow in result.value["cutflow"].values())
+        written.append((counted, result.processed.n_entries))
+        return real_write(result, path, provenance)
+
+    monkeypatch.setattr(checkpoint_module, "write_checkpoint", record)
+    slow = write_slow_processor(tmp_path / "slow.py", 0.05)
+    outcome = run(slow, fileset, backend="futures", workers=2, chunksize=100,
+                  chunks_per_task=1, output_dir=tmp_path / "out", checkpoint_interval=0.2)
+    assert outcome.report["status"] == "complete"
+    total = sum(flow["all"] for flow in outcome.output["cutflow"].values())
+    midway = [entries for _, entries in written if entries < total]
+    assert len(midway) >= 2, written
+    assert all(counted == entries for counted, entries in written), written
+    assert copies == [], copies

@@ -178,12 +178,28 @@ class FutureTask:
 
     def partial_result(self) -> tuple[Result, Computable]:
         self._drain(block=False)
-        finished = not self._inflight
-        snapshot = self._acc if finished else copy.deepcopy(self._acc)
-        for token in self._merging:  # inputs of merges under way are still part of the sum
+        if self._inflight:  # the sum goes on growing in place: the caller gets a copy
+            snapshot = copy.deepcopy(self._acc).without_failures()
+            self._add_merging(snapshot)
+            return snapshot, self._remaining()
+        return self.current_result(), self._remaining()
+
+    def current_result(self) -> Result:
+        """What is done so far, not copied: it stays as it is only until the task next
+        takes in a result, which happens in the calls of the thread that waits on it. What
+        a checkpoint needs, written from that thread: `partial_result`'s copy of a large
+        output would double the driver's memory, and its remaining work is a walk over
+        every chunk."""
+        self._drain(block=False)
+        snapshot = self._acc.without_failures()
+        self._add_merging(snapshot)
+        return snapshot
+
+    def _add_merging(self, snapshot: Result) -> None:
+        """Inputs of merges under way are still part of the sum (added, not in place)."""
+        for token in self._merging:
             snapshot.value = merge_values(
                 snapshot.value, self._reducer.inputs(self._inflight[token][0]))  # type: ignore[union-attr]
-        return snapshot.without_failures(), self._remaining()
 
     def take_garbage(self) -> list[Any]:
         """Inputs of finished merges: safe to delete once no checkpoint refers to them."""

@@ -55,6 +55,36 @@ def test_directives_follow_the_site(in_tmp):
     assert "exec timeout --signal=TERM 1680s " in text
 
 
+def test_htcondor_jobs_stop_the_driver_before_the_slots_runtime_limit(in_tmp):
+    """HTCondor sends no signal ahead of the runtime limit: the wrapper runs the driver under
+    `timeout`, two minutes short of the limit that +MaxRuntime or +JobFlavour sets."""
+    def files(name, walltime=None, **config):
+        site = resolve_site(name, overrides={"account": "A"}, site_config=config or None)
+        return render_job(site, RUN_ARGS, Path("/o"), walltime=walltime)
+
+    lxplus = files("lxplus-condor")  # +JobFlavour "workday" (8 h), submit walltime 08:00:00
+    assert "+MaxRuntime = 28800" in lxplus["driver.sub"]
+    assert "exec timeout --signal=TERM 28680s " in lxplus["driver.sh"]
+    # a flavour shorter than the wall time limits the slot: the shorter one counts
+    short = files("lxplus-condor", walltime="10:00:00",
+                  provider={"scheduler_options": '+JobFlavour = "longlunch"'})
+    assert "+MaxRuntime = 36000" in short["driver.sub"]
+    assert "exec timeout --signal=TERM 7080s " in short["driver.sh"]
+    # the last flavour of the submit file is the one HTCondor keeps
+    longer = files("lxplus-condor", walltime="24:00:00",
+                   submit={"directives": '+JobFlavour = "tomorrow"'})
+    assert "exec timeout --signal=TERM 86280s " in longer["driver.sh"]
+    # the site's own +MaxRuntime is kept, not written twice
+    own = files("generic-condor", submit={"directives": "+MaxRuntime = 1800"})
+    assert own["driver.sub"].count("+MaxRuntime") == 1
+    assert "exec timeout --signal=TERM 1680s " in own["driver.sh"]
+    # a job shorter than twice the lead is stopped halfway, not as it starts
+    tiny = files("generic-condor", walltime="00:03:00")
+    assert "exec timeout --signal=TERM 90s " in tiny["driver.sh"]
+    for job in (lxplus, short, own, tiny):
+        assert subprocess.run(["bash", "-n"], input=job["driver.sh"], text=True).returncode == 0
+
+
 def test_sites_without_a_batch_system_cannot_submit():
     with pytest.raises(SiteError, match="no batch system to submit to"):
         render_job(resolve_site("local"), RUN_ARGS, Path("/o"))

@@ -40,6 +40,33 @@ def test_driver_scripts_match_golden(name, in_tmp):
             assert "--inside-allocation" in text and f"--site {name}" in text
 
 
+MPI_LAUNCHERS = {"perlmutter-cpu": "srun", "polaris": "mpiexec", "frontier": "srun"}
+
+
+@pytest.mark.parametrize("name", sorted(MPI_LAUNCHERS))
+def test_mpi_reduction_jobs_use_the_sites_launcher(name, in_tmp, monkeypatch):
+    """`submit --reduce mpi`: the job's run options name the site's MPI launcher (srun
+    under Slurm on Perlmutter and Frontier, Cray PALS's mpiexec on Polaris), and the job
+    script is the site's usual one (golden files)."""
+    import yaml
+
+    import coffea_hpc
+
+    for variable in ("LOADEDMODULES", "CONDA_PREFIX"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("VIRTUAL_ENV", "/home/me/venv")
+    (in_tmp / "fileset.json").write_text('{"ds": {"files": ["/data/a.root"]}}')
+    job = coffea_hpc.submit("coffea_hpc.examples.dimuon:DimuonProcessor", "fileset.json",
+                            output_dir="run", site=name, account="ACCOUNT", reduce="mpi",
+                            mpi_ranks=8, dry_run=True)
+    assert job.record is None  # nothing was submitted
+    for filename, text in job.files.items():
+        check_golden(f"submit-mpi-{name}-{filename}", text.replace(str(in_tmp), "WORKDIR"))
+    options = yaml.safe_load(job.files["run-options.yaml"])
+    assert options["reduce"] == "mpi" and options["mpi_ranks"] == 8
+    assert options["mpi_launcher"] == MPI_LAUNCHERS[name]
+
+
 def test_directives_follow_the_site(in_tmp):
     site = resolve_site("polaris", overrides={"account": "proj"})
     text = render_job(site, RUN_ARGS, Path("/o"), nodes=8, walltime="00:30:00")["driver.pbs"]

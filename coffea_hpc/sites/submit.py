@@ -45,6 +45,13 @@ __all__ = [
 SIGNAL_LEAD = 120
 """Seconds before the time limit at which the driver is asked to stop (SIGTERM)."""
 
+JOB_FLAVOURS = {"espresso": 20 * 60, "microcentury": 3_600, "longlunch": 2 * 3_600,
+                "workday": 8 * 3_600, "tomorrow": 86_400, "testmatch": 3 * 86_400,
+                "nextweek": 7 * 86_400}
+"""CERN HTCondor's ``+JobFlavour`` names and the runtime limit (s) of each."""
+_MAX_RUNTIME = re.compile(r"^\s*\+MaxRuntime\s*=\s*(\d+)\s*$", re.MULTILINE | re.IGNORECASE)
+_FLAVOUR = re.compile(r"^\s*\+JobFlavour\s*=\s*\"?(\w+)\"?\s*$", re.MULTILINE | re.IGNORECASE)
+
 
 @dataclass(frozen=True)
 class Scheduler:
@@ -121,9 +128,10 @@ def render_job(
     """The files of the job (name -> text): the batch script and, for HTCondor, its wrapper.
 
     The job starts in ``analysis_dir`` (default: here) after the site's setup lines and
-    ``environment`` (shell lines that recreate the submitting Python environment). Where
-    the scheduler can, the driver gets SIGTERM `SIGNAL_LEAD` seconds before the time limit,
-    so it checkpoints and stops its workers before it is killed."""
+    ``environment`` (shell lines that recreate the submitting Python environment). The
+    driver gets SIGTERM `SIGNAL_LEAD` seconds before the time limit, so it checkpoints and
+    stops its workers before it is killed: from Slurm (``--signal``), and under PBS and
+    HTCondor, which send none ahead of the limit, from ``timeout``."""
     scheduler = site.scheduler
     if scheduler == "none":
         raise SiteError(f"site {site.name!r} has no batch system to submit to (provider "
@@ -163,20 +171,45 @@ def render_job(
     script = output_dir / "submit" / "driver.sh"
     lines = [pr.scheduler_options, pr.requirements and f"requirements = {pr.requirements}",
              pr.account and f'+AccountingGroup = "{pr.account}"', sub.directives]
+    runtime, max_runtime = _condor_runtime("\n".join(filter(None, lines)), wall)
+    lines.append(max_runtime)
     cpus = pr.cores_per_node if isinstance(pr.cores_per_node, int) else 1
     memory = f"{pr.mem_per_node or 2} GB"
+    common["signal_lead"] = _signal_lead_s(runtime)
     return {
         "driver.sub": render(SCHEDULERS["condor"].template, script=script, cpus=cpus,
                              memory=memory, directives="\n".join(filter(None, lines)),
                              **common),
-        "driver.sh": render("condor/driver.sh", **common),
+        "driver.sh": render("condor/driver.sh", runtime=runtime,
+                            stop_after=f"{runtime - _signal_lead_s(runtime)}s", **common),
     }
+
+
+def _condor_runtime(directives: str, walltime: str) -> tuple[int, str]:
+    """The HTCondor slot's runtime limit (s), and the ``+MaxRuntime`` line that sets it
+    (empty when the site's own lines do). HTCondor sends no signal ahead of the limit, so
+    the driver runs under ``timeout``, which needs the limit: a ``+MaxRuntime`` of the
+    site's, else the wall time, written as ``+MaxRuntime``; a ``+JobFlavour`` (CERN) limits
+    the slot too, so the shorter of the two counts."""
+    given = [int(s) for s in _MAX_RUNTIME.findall(directives)]
+    line = ""
+    if not given:
+        given = [walltime_seconds(walltime)]
+        line = f"+MaxRuntime = {given[0]}"
+    flavours = [f.lower() for f in _FLAVOUR.findall(directives)]
+    limits = given[-1:]  # a submit file's last assignment of an attribute is the one kept
+    if flavours and flavours[-1] in JOB_FLAVOURS:
+        limits.append(JOB_FLAVOURS[flavours[-1]])
+    return min(limits), line
 
 
 def _signal_lead(walltime: str) -> int:
     """Seconds before the time limit at which the driver gets SIGTERM: `SIGNAL_LEAD`, or
     half of a job shorter than twice that (a driver stopped as it starts saves nothing)."""
-    total = walltime_seconds(walltime)
+    return _signal_lead_s(walltime_seconds(walltime))
+
+
+def _signal_lead_s(total: int) -> int:
     return SIGNAL_LEAD if total > 2 * SIGNAL_LEAD else max(total // 2, 1)
 
 

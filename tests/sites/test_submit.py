@@ -40,6 +40,33 @@ def test_driver_scripts_match_golden(name, in_tmp):
             assert "--inside-allocation" in text and f"--site {name}" in text
 
 
+MPI_LAUNCHERS = {"perlmutter-cpu": "srun", "polaris": "mpiexec", "frontier": "srun"}
+
+
+@pytest.mark.parametrize("name", sorted(MPI_LAUNCHERS))
+def test_mpi_reduction_jobs_use_the_sites_launcher(name, in_tmp, monkeypatch):
+    """`submit --reduce mpi`: the job's run options name the site's MPI launcher (srun
+    under Slurm on Perlmutter and Frontier, Cray PALS's mpiexec on Polaris), and the job
+    script is the site's usual one (golden files)."""
+    import yaml
+
+    import coffea_hpc
+
+    for variable in ("LOADEDMODULES", "CONDA_PREFIX"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("VIRTUAL_ENV", "/home/me/venv")
+    (in_tmp / "fileset.json").write_text('{"ds": {"files": ["/data/a.root"]}}')
+    job = coffea_hpc.submit("coffea_hpc.examples.dimuon:DimuonProcessor", "fileset.json",
+                            output_dir="run", site=name, account="ACCOUNT", reduce="mpi",
+                            mpi_ranks=8, dry_run=True)
+    assert job.record is None  # nothing was submitted
+    for filename, text in job.files.items():
+        check_golden(f"submit-mpi-{name}-{filename}", text.replace(str(in_tmp), "WORKDIR"))
+    options = yaml.safe_load(job.files["run-options.yaml"])
+    assert options["reduce"] == "mpi" and options["mpi_ranks"] == 8
+    assert options["mpi_launcher"] == MPI_LAUNCHERS[name]
+
+
 def test_directives_follow_the_site(in_tmp):
     site = resolve_site("polaris", overrides={"account": "proj"})
     text = render_job(site, RUN_ARGS, Path("/o"), nodes=8, walltime="00:30:00")["driver.pbs"]
@@ -53,6 +80,36 @@ def test_directives_follow_the_site(in_tmp):
         assert line in slurm
     # PBS has no early signal: the driver is stopped by timeout two minutes before the limit
     assert "exec timeout --signal=TERM 1680s " in text
+
+
+def test_htcondor_jobs_stop_the_driver_before_the_slots_runtime_limit(in_tmp):
+    """HTCondor sends no signal ahead of the runtime limit: the wrapper runs the driver under
+    `timeout`, two minutes short of the limit that +MaxRuntime or +JobFlavour sets."""
+    def files(name, walltime=None, **config):
+        site = resolve_site(name, overrides={"account": "A"}, site_config=config or None)
+        return render_job(site, RUN_ARGS, Path("/o"), walltime=walltime)
+
+    lxplus = files("lxplus-condor")  # +JobFlavour "workday" (8 h), submit walltime 08:00:00
+    assert "+MaxRuntime = 28800" in lxplus["driver.sub"]
+    assert "exec timeout --signal=TERM 28680s " in lxplus["driver.sh"]
+    # a flavour shorter than the wall time limits the slot: the shorter one counts
+    short = files("lxplus-condor", walltime="10:00:00",
+                  provider={"scheduler_options": '+JobFlavour = "longlunch"'})
+    assert "+MaxRuntime = 36000" in short["driver.sub"]
+    assert "exec timeout --signal=TERM 7080s " in short["driver.sh"]
+    # the last flavour of the submit file is the one HTCondor keeps
+    longer = files("lxplus-condor", walltime="24:00:00",
+                   submit={"directives": '+JobFlavour = "tomorrow"'})
+    assert "exec timeout --signal=TERM 86280s " in longer["driver.sh"]
+    # the site's own +MaxRuntime is kept, not written twice
+    own = files("generic-condor", submit={"directives": "+MaxRuntime = 1800"})
+    assert own["driver.sub"].count("+MaxRuntime") == 1
+    assert "exec timeout --signal=TERM 1680s " in own["driver.sh"]
+    # a job shorter than twice the lead is stopped halfway, not as it starts
+    tiny = files("generic-condor", walltime="00:03:00")
+    assert "exec timeout --signal=TERM 90s " in tiny["driver.sh"]
+    for job in (lxplus, short, own, tiny):
+        assert subprocess.run(["bash", "-n"], input=job["driver.sh"], text=True).returncode == 0
 
 
 def test_sites_without_a_batch_system_cannot_submit():

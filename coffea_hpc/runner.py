@@ -551,6 +551,15 @@ def _reads(prep: Preprocessed, metrics: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+_CAUSES = {
+    "io": "reading the data failed: storage, network, or a damaged file",
+    "processor": "the processor raised",
+    "worker": "the process running it died while its block lived: out of memory (a smaller "
+              "--chunksize, or more memory per worker) or a crash in compiled code",
+}
+"""The likely cause of each kind of failure, for the report."""
+
+
 def _failure_row(failure: Failure) -> dict[str, Any]:
     """A failed chunk as the analyst needs it: where, what (``kind``: ``io``, ``processor`` or
     ``worker``, the retry budget it spent), and the processor's traceback."""
@@ -559,7 +568,8 @@ def _failure_row(failure: Failure) -> dict[str, Any]:
         dataset, filename, treename, start, stop = failure.key
         row.update(dataset=dataset, file=filename, treename=treename, entrystart=start,
                    entrystop=stop)
-    row.update(kind=failure.kind, location=failure.error.location or None,
+    row.update(kind=failure.kind, cause=_CAUSES.get(failure.kind),
+               location=failure.error.location or None,
                exception=failure.error.type_name, message=failure.error.message,
                error=failure.error.summary(), attempts=failure.attempts,
                traceback=failure.error.traceback)

@@ -407,3 +407,30 @@ def test_chunks_without_output_are_counted_and_warned(fileset, tmp_path, caplog)
     assert outcome.report["status"] == "complete"
     assert "SingleMuon" not in outcome.output["cutflow"]
     assert "3 chunks returned None" in caplog.text
+
+
+class DiesOn1000(DimuonProcessor):
+    """Its worker process dies on every chunk starting at entry 1000, as one killed for
+    memory does."""
+
+    def process(self, events):
+        if events.metadata["entrystart"] == 1000:
+            os._exit(1)
+        return super().process(events)
+
+
+@pytest.mark.parametrize("backend", ["futures", "parsl"])
+def test_a_worker_that_dies_spends_retries_and_the_report_names_the_likely_cause(
+        fileset, tmp_path, backend):
+    """A worker process that dies while its block lives is no ended block: it spends the
+    chunk's retries (not the processor's budget), and the report says what probably
+    happened."""
+    with pytest.raises(ChunkFailedError):
+        run(DiesOn1000(), fileset, backend=backend, workers=2, chunksize=1_000,
+            chunks_per_task=1, output_dir=tmp_path / "out",
+            policy=ErrorPolicy(max_retries=1, processor_retries=0))
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    [failed] = report["failed_chunks"]
+    assert failed["entrystart"] == 1000 and failed["attempts"] == 2
+    assert failed["kind"] == "worker" and "out of memory" in failed["cause"]
+    assert report["metrics"]["chunks_lost_to_ended_blocks"] == 0

@@ -1,0 +1,90 @@
+"""Chunks lost with their block run again at no retry cost, up to a cap; past it they spend
+retries like any failure. The ending of real blocks is tested on the local Slurm cluster
+(tests/sites/test_slurm.py); here a stand-in backend ends the "block" under chosen chunks,
+so that the cap and what follows it can be counted exactly."""
+
+from __future__ import annotations
+
+import collections
+from concurrent.futures import Future
+
+import pytest
+
+from coffea_hpc.backends import ErrorPolicy
+from coffea_hpc.backends._task import FREE_RESUBMISSIONS
+from coffea_hpc.backends.iterative import IterativeBackend
+from coffea_hpc.backends.protocol import WorkElement
+from coffea_hpc.data.chunks import chunks_of
+from coffea_hpc.errors import ChunkFailedError
+from coffea_hpc.examples.dimuon import DimuonProcessor
+from coffea_hpc.processing.preprocess import preprocess
+from coffea_hpc.processing.processor import ProcessorHandle
+from coffea_hpc.processing.workload import Workload
+from tests.helpers import assert_same
+
+
+class BlockEnded(RuntimeError):
+    """What a backend with batch blocks raises for an element whose block ended."""
+
+
+class EndingBlocks(IterativeBackend):
+    """Runs elements here, except that the element holding the chunk starting at ``entry``
+    of ``filename`` is lost with its block the first ``losses`` times it is submitted."""
+
+    def __init__(self, filename: str, entry: int, losses: int) -> None:
+        super().__init__()
+        self.target = (filename, entry)
+        self.losses = losses
+        self.submitted: collections.Counter[tuple[str, int]] = collections.Counter()
+
+    @property
+    def lost_on(self) -> tuple[type[BaseException], ...]:
+        return (BlockEnded,)
+
+    def submit(self, element: WorkElement) -> Future:
+        starts = {(key[1], key[3]) for key in element.keys}
+        self.submitted.update(starts)
+        if self.target in starts and self.submitted[self.target] <= self.losses:
+            lost: Future = Future()
+            lost.set_exception(BlockEnded("the block's walltime ended"))
+            return lost
+        return super().submit(element)
+
+
+@pytest.fixture(scope="module")
+def prepared(fileset):
+    with IterativeBackend() as backend:
+        return preprocess(fileset, backend, chunksize=1_000).fileset
+
+
+def _run(backend: EndingBlocks, prepared, policy: ErrorPolicy):
+    work = Workload(ProcessorHandle.wrap(DimuonProcessor()), chunks_of(prepared))
+    return backend.compute(work, policy)
+
+
+def test_chunks_lost_with_their_block_rerun_without_spending_retries(prepared):
+    first = prepared.files[0][1].path
+    with IterativeBackend() as plain:
+        reference = _run(plain, prepared, ErrorPolicy(max_retries=0)).result()
+    with EndingBlocks(first, 1_000, losses=FREE_RESUBMISSIONS) as backend:
+        task = _run(backend, prepared, ErrorPolicy(max_retries=0))
+        result = task.result()
+    assert not result.failures and task.progress().retries == 0
+    assert result.metrics["lost_to_ended_blocks"] == FREE_RESUBMISSIONS
+    assert backend.submitted[(first, 1_000)] == FREE_RESUBMISSIONS + 1
+    assert_same(result.value, reference.value)
+    assert result.processed == reference.processed
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_past_the_cap_a_lost_chunk_spends_retries_then_fails_as_a_worker_failure(prepared,
+                                                                                retries):
+    """A node that kills whatever runs on it must not loop forever."""
+    first = prepared.files[0][1].path
+    with EndingBlocks(first, 1_000, losses=10**6) as backend:
+        task = _run(backend, prepared, ErrorPolicy(max_retries=retries, processor_retries=5))
+        with pytest.raises(ChunkFailedError, match="walltime ended") as info:
+            task.result()
+    assert backend.submitted[(first, 1_000)] == FREE_RESUBMISSIONS + 1 + retries
+    assert info.value.failure.kind == "worker"
+    assert info.value.failure.attempts == retries + 1

@@ -1,7 +1,8 @@
-"""Chunks lost with their block run again at no retry cost, up to a cap; past it they spend
-retries like any failure. The ending of real blocks is tested on the local Slurm cluster
-(tests/sites/test_slurm.py); here a stand-in backend ends the "block" under chosen chunks,
-so that the cap and what follows it can be counted exactly."""
+"""How a task feeds a backend, counted exactly with stand-in backends that run elements in
+this process: chunks lost with their block run again at no retry cost, up to a cap, and
+past it spend retries like any failure (real blocks ending are tested on the local Slurm
+cluster, tests/sites/test_slurm.py); work in flight stays within the backend's window, and
+elements are made as the window asks for them."""
 
 from __future__ import annotations
 
@@ -88,3 +89,46 @@ def test_past_the_cap_a_lost_chunk_spends_retries_then_fails_as_a_worker_failure
     assert backend.submitted[(first, 1_000)] == FREE_RESUBMISSIONS + 1 + retries
     assert info.value.failure.kind == "worker"
     assert info.value.failure.attempts == retries + 1
+
+
+class Counting(IterativeBackend):
+    """Counts the elements in flight at each submission, and how many the work had made."""
+
+    def __init__(self, made: list[int]) -> None:
+        super().__init__()
+        self.made = made
+        self.in_flight: list[int] = []
+        self.ahead: list[int] = []
+        self._futures: list[Future] = []
+
+    def submit(self, element: WorkElement) -> Future:
+        self._futures = [f for f in self._futures if not f.done()]
+        future = super().submit(element)
+        self._futures.append(future)
+        self.in_flight.append(len(self._futures))
+        self.ahead.append(self.made[0] - len(self.in_flight))
+        return future
+
+
+class CountedWorkload(Workload):
+    def __init__(self, *args, made: list[int], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._made = made
+
+    def _element(self, batch):
+        self._made[0] += 1
+        return super()._element(batch)
+
+
+def test_in_flight_work_stays_within_the_window_and_elements_are_made_as_it_asks(fileset):
+    """A run of a million chunks must never hold a million elements, nor submit them all
+    to the backend at once."""
+    made = [0]
+    with Counting(made) as backend:
+        chunks = chunks_of(preprocess(fileset, backend, chunksize=100).fileset)
+        backend.in_flight, backend.ahead = [], []  # the chunks' submissions only
+        work = CountedWorkload(ProcessorHandle.wrap(DimuonProcessor()), chunks, made=made)
+        result = backend.compute(work, ErrorPolicy()).result()
+    assert len(backend.in_flight) == len(chunks) == result.metrics["chunks"]
+    assert max(backend.in_flight) <= backend.window
+    assert max(backend.ahead) <= 1  # made, not yet submitted: the one the queue peeked at

@@ -11,7 +11,7 @@ from coffea_hpc.backends._task import FutureLike, FutureTask, Reducer
 from coffea_hpc.backends.protocol import Computable, ErrorPolicy, WorkElement
 from coffea_hpc.errors import BackendError
 
-__all__ = ["PoolBackend", "run_element"]
+__all__ = ["PoolBackend", "run_element", "warm_up"]
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,16 @@ log = logging.getLogger(__name__)
 def run_element(element: WorkElement) -> object:
     """Module-level entry point, so pools pickle a reference, not a closure."""
     return element()
+
+
+def warm_up() -> None:
+    """Run once by each new worker of a local pool, before its first chunk: it imports
+    what chunks need (coffea, awkward, uproot, numba: seconds) while the driver is still
+    preprocessing, and freezes those start-up objects out of the garbage collector's
+    full collections."""
+    from coffea_hpc.processing.worker import freeze_startup_objects
+
+    freeze_startup_objects()
 
 
 class PoolBackend(abc.ABC):

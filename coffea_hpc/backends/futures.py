@@ -32,7 +32,7 @@ from typing import Any
 
 import psutil
 
-from coffea_hpc.backends._base import PoolBackend
+from coffea_hpc.backends._base import PoolBackend, warm_up
 from coffea_hpc.backends._watchdog import Watchdog
 from coffea_hpc.backends.protocol import WorkElement
 
@@ -69,13 +69,6 @@ def _pool_servers() -> list[int]:
 
 def _ready() -> None:
     """Nothing: submitted once per worker at start, so that the pool forks them at once."""
-
-
-def _start_worker() -> None:
-    # imported here: the driver need not pay for coffea's imports to choose this backend
-    from coffea_hpc.processing.worker import freeze_startup_objects
-
-    freeze_startup_objects()
 
 
 def _run_tracked(element: WorkElement, scratch: str, token: int) -> Any:
@@ -182,7 +175,7 @@ class FuturesBackend(PoolBackend):
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["coffea_hpc.processing.worker"])
         return ProcessPoolExecutor(max_workers=self._workers, mp_context=context,
-                                   initializer=_start_worker)
+                                   initializer=warm_up)
 
     def _watch(self) -> None:
         servers = _pool_servers()

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from coffea_hpc.backends._base import PoolBackend, run_element
+from coffea_hpc.backends._base import PoolBackend, run_element, warm_up
 from coffea_hpc.backends._watchdog import Watchdog
 from coffea_hpc.backends.protocol import WorkElement
 from coffea_hpc.errors import BackendError
@@ -250,6 +250,11 @@ class ParslBackend(PoolBackend):
                                executors=self._executors)
         self._merge_app = python_app(run_element, data_flow_kernel=self._dfk,
                                      executors=self._merge_executors)
+        if self.on_this_machine:
+            # the pool's workers import what chunks need while the driver preprocesses,
+            # not when the first chunk is waiting (a batch block's arrive minutes later)
+            for _ in range(self._workers):
+                self._app(warm_up)
         log.info("Parsl started (run dir %s)", self._dfk.run_dir)
 
     def _close(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["count"]
+__all__ = ["count", "one_line"]
 
 _IRREGULAR = {"entry": "entries", "retry": "retries", "was": "were"}
 
@@ -12,3 +12,14 @@ def count(n: int, word: str, plural: str | None = None, *, thousands: bool = Fal
     if abs(n) != 1:
         word = plural or _IRREGULAR.get(word, word + "s")
     return f"{n:,} {word}" if thousands else f"{n} {word}"
+
+
+ONE_LINE_MAX = 400
+
+
+def one_line(text: str, limit: int = ONE_LINE_MAX) -> str:
+    """An error message on one line of the terminal: uproot's say what was expected,
+    what came and from which file on three lines, and every line matters. Longer ones are
+    cut (their whole text is in report.json)."""
+    joined = " ".join(text.split())
+    return joined if len(joined) <= limit else joined[: limit - 4].rstrip() + " ..."

@@ -153,3 +153,27 @@ def damage_basket(path: Any, branch: str = "Muon_pt", basket: int = 1) -> tuple[
         raw.seek(seek)
         raw.write(bytes(size))
     return int(entries[0]), int(entries[1])
+
+
+def without_branches(source: Any, target: Any, suffix: str) -> None:
+    """Copy a NanoAOD file without the branches whose names end in ``suffix``, as a skim
+    that drops them does (``Idx``: the cross-references the NanoAOD schema looks for)."""
+    import awkward as ak
+    import uproot
+
+    with uproot.open(source) as file:
+        tree = file["Events"]
+        names = list(tree.keys())
+        arrays = tree.arrays(names)
+    collections = {n[1:] for n in names
+                   if n.startswith("n") and any(m.startswith(f"{n[1:]}_") for m in names)}
+    columns: dict[str, Any] = {
+        c: ak.zip({m.split("_", 1)[1]: arrays[m] for m in names
+                   if m.startswith(f"{c}_") and not m.endswith(suffix)})
+        for c in sorted(collections)}
+    for name in names:
+        if name.split("_", 1)[0] not in collections and name[1:] not in collections:
+            columns[name] = arrays[name]
+    with uproot.recreate(target) as out:
+        out.mktree("Events", {k: v.layout.form.type for k, v in columns.items()})
+        out["Events"].extend(columns)

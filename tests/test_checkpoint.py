@@ -515,31 +515,43 @@ def fill(disk: Path, leave_pages: int) -> Path:
     return filler
 
 
-@pytest.mark.parametrize("pages, fails", [
-    (0, ".coffea-hpc/lock"), (1, ".coffea-hpc/key"), (2, "prepared.json"),
-    (3, "checkpoint.coffea"), (6, "checkpoint.coffea"),
-], ids=["lock", "key", "prepared", "first-checkpoint", "later-checkpoint"])
+@pytest.mark.parametrize("executor, pages, fails", [
+    ("iterative", 0, ".coffea-hpc/lock"), ("iterative", 1, ".coffea-hpc/key"),
+    ("iterative", 2, "prepared.json"), ("iterative", 3, "checkpoint.coffea"),
+    ("iterative", 6, "checkpoint.coffea"), ("futures", 2, "prepared.json"),
+    ("futures", 6, "checkpoint.coffea output.coffea report.json"),
+], ids=["lock", "key", "prepared", "first-checkpoint", "later-checkpoint",
+        "futures-prepared", "futures-later-files"])
 def test_a_full_disk_is_one_line_and_rerun_with_resume_completes(fileset_path, tmp_path,
-                                                                 small_disk, pages, fails):
+                                                                 small_disk, executor, pages,
+                                                                 fails):
     """With that many pages free, writing that file fails first (six pages: a later
     checkpoint, the first one kept); each is one line, leaves no temporary file, loses
-    nothing that was saved, and the rerun with --resume completes."""
+    nothing that was saved, and the rerun with --resume completes. On futures the pool's
+    workers are stopped and the same holds; two workers finish chunks in pairs, so with six
+    pages the disk fills at a checkpoint, or later, as the output or the report is written
+    (whichever it is, the same must hold)."""
     slow = write_slow_processor(tmp_path / "slow.py", 0.2)
     out = small_disk / "out"
     filler = fill(small_disk, pages)
     args = ["run", slow, "--fileset", str(fileset_path), "-o", str(out), "--executor",
-            "iterative", "--chunksize", "1000", "--checkpoint-every", "0"]
+            executor, "--chunksize", "1000", "--checkpoint-every", "0",
+            *(["--workers", "2"] if executor == "futures" else [])]
     proc = cli(*args)
     assert proc.returncode == 1
     line = one_error_line(proc)
-    assert line == f"error: no space left on {out / fails}: free space and rerun with --resume"
+    assert line in {f"error: no space left on {out / name}: free space and rerun with --resume"
+                    for name in fails.split()}, line
     leftovers = [p.name for p in out.rglob("*") if p.name.endswith(".tmp")
                  or p.name.startswith((".report", ".prepared", ".checkpoint", ".output"))]
     assert leftovers == []
     if (out / "prepared.json").exists():
         json.loads((out / "prepared.json").read_text())  # whole, or not there
-    assert (out / "checkpoint.coffea").exists() is (pages == 6)
-    if pages == 6:
+    if (out / "report.json").exists():
+        json.loads((out / "report.json").read_text())
+    if executor == "iterative":
+        assert (out / "checkpoint.coffea").exists() is (pages == 6)
+    if (out / "checkpoint.coffea").exists():
         saved = open_checkpoint(out / "checkpoint.coffea")
         assert saved is not None and saved.entries > 0
         saved.close()

@@ -152,3 +152,54 @@ def test_a_private_folder_someone_else_made_is_refused(project, tmp_path):
     os.chown(theirs, pwd.getpwnam(PEER).pw_uid, -1)
     with pytest.raises(UserError, match="belongs to another user"):
         output.private_dir(theirs)
+
+
+STAND_IN_SBATCH = """#!/bin/sh
+# sbatch as a login node's answers it: takes the script, prints the job id
+echo "$@" >> "$(dirname "$0")/submitted"
+echo 4242
+"""
+
+
+def test_submitted_job_scripts_stay_private_while_results_follow_the_umask(project,
+                                                                           tmp_path):
+    """`coffea-hpc submit` writes OUT/submit (the job script names the account); the job's
+    run then writes its results beside it. Under umask 022 in the group's directory the
+    results are for everyone the umask lets in; the job script is the analyst's alone."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(STAND_IN_SBATCH)
+    (bin_dir / "sbatch").chmod(0o755)
+    out = project / "project" / "batch"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "XDG_STATE_HOME": str(tmp_path / "state")}
+    submitted = subprocess.run(
+        [sys.executable, "-m", "coffea_hpc.cli.app", "submit",
+         f"{project / 'code' / 'analysis.py'}:Analysis", "--fileset",
+         str(project / "data" / "fileset.json"), "-o", str(out), "--site", "perlmutter-cpu",
+         "--account", "m4242_private"],
+        capture_output=True, text=True, timeout=120, env=env,
+        preexec_fn=lambda: os.umask(0o022))
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    script = out / "submit" / "driver.sbatch"
+    assert str(script) in (bin_dir / "submitted").read_text()  # the job was handed over
+    assert "m4242_private" in script.read_text()
+
+    ran = subprocess.run(
+        [sys.executable, "-m", "coffea_hpc.cli.app", "run",
+         f"{project / 'code' / 'analysis.py'}:Analysis", "--fileset",
+         str(project / "data" / "fileset.json"), "-o", str(out), "--executor", "iterative",
+         "--chunksize", "1000", "--retries", "0"],
+        capture_output=True, text=True, timeout=180, preexec_fn=lambda: os.umask(0o022))
+    assert ran.returncode == 0, ran.stderr[-3000:]
+
+    job_files = list((out / "submit").iterdir())
+    assert {p.name for p in job_files} >= {"driver.sbatch", "run-options.yaml"}
+    assert stat.S_IMODE((out / "submit").stat().st_mode) == 0o700
+    for path in job_files:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+        assert not can_read(PEER, path) and not can_read(OUTSIDER, path), path
+    for name in ("output.coffea", "report.json"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+        assert can_read(PEER, out / name) and can_read(OUTSIDER, out / name), name
+    assert "m4242_private" not in (out / "report.json").read_text()

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from coffea_hpc._text import count
+from coffea_hpc._text import count, one_line
 from coffea_hpc.cli import _options as opt
 from coffea_hpc.errors import ChunkFailedError, CoffeaHPCError, UserError
 from coffea_hpc.options import EXECUTORS, TEST_CHUNKS
@@ -51,10 +51,19 @@ def _setup_logging(verbose: int) -> None:
     if verbose < 2:
         for noisy in ("py.warnings", "distributed", "asyncio"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
-        # Parsl logs every failed task with its own traceback at ERROR; coffea-hpc reports
-        # each failure itself (one line per error, tracebacks in report.json), and Parsl's
-        # full log stays in the run directory's parsl.log
+        # Parsl logs every failed task with its own traceback at ERROR (a worker lost and
+        # retried: WorkerLost); coffea-hpc reports each failure itself (one line per error,
+        # tracebacks in report.json), and Parsl's full log stays in the run directory's
+        # parsl.log. Starting Parsl sets its logger back to DEBUG for that file, so the
+        # terminal's handler filters Parsl's records as well
         logging.getLogger("parsl").setLevel(logging.CRITICAL)
+        handler.addFilter(_below_critical_from_parsl)
+
+
+def _below_critical_from_parsl(record: logging.LogRecord) -> bool:
+    """False (not shown) for a record of Parsl's under CRITICAL."""
+    return record.levelno >= logging.CRITICAL or not (
+        record.name == "parsl" or record.name.startswith("parsl."))
 
 
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True,
@@ -151,13 +160,13 @@ def run(
     chunk_failures = [f for f in outcome.report["failed_chunks"] if f.get("file") not in unreadable]
     for error, chunks in _by_error(chunk_failures).items():
         more = f" and {count(len(chunks) - 1, 'more chunk')}" if len(chunks) > 1 else ""
-        console.print(f"[red]failed[/red] {chunks[0]}{more}: {error}", highlight=False,
+        console.print(f"[red]failed[/red] {chunks[0]}{more}: {one_line(error)}", highlight=False,
                       soft_wrap=True)
     for skipped in outcome.report["skipped_files"]:
         missing = (f" ({skipped['chunks_failed']} of {count(skipped['chunks'], 'chunk')} not read)"
                    if "chunks_failed" in skipped else "")
         console.print(f"[yellow]skipped[/yellow] {skipped['file']}{missing}: "
-                      f"{_first_line(skipped['error'])}", highlight=False, soft_wrap=True)
+                      f"{one_line(skipped['error'])}", highlight=False, soft_wrap=True)
     if options.test:
         from coffea_hpc.cli.structure import structure
 
@@ -210,7 +219,7 @@ def preprocess(
         f"{count(n_chunks, 'chunk')} -> {output}"
     )
     for failure in outcome.skipped:
-        console.print(f"[yellow]skipped[/yellow] {failure.describe()}", highlight=False,
+        console.print(f"[yellow]skipped[/yellow] {one_line(failure.describe())}", highlight=False,
                       soft_wrap=True)
 
 
@@ -265,10 +274,6 @@ def _show_demo_result(result: dict[str, Any]) -> None:
     out.print(table)
 
 
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else text
-
-
 def _by_error(failures: list[dict[str, Any]]) -> dict[str, list[str]]:
     """Failed chunks grouped by their error: one line per distinct error, not per chunk."""
     grouped: dict[str, list[str]] = {}
@@ -320,7 +325,8 @@ def _main(argv: list[str] | None) -> int:
         console.print(f"[bold red]error:[/bold red] {err}", highlight=False, soft_wrap=True)
         return 2
     except ChunkFailedError as err:
-        console.print(f"[bold red]failed:[/bold red] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]failed:[/bold red] {one_line(str(err))}", highlight=False,
+                      soft_wrap=True)
         failure = getattr(err, "failure", None)
         if failure is not None and failure.error.matches((OSError,)):
             console.print("the data could not be read: --skip-bad-files goes on without the "

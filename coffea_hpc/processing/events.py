@@ -352,13 +352,19 @@ class EventsBuilder:
         cached = entry.forms.get(schemaclass)
         if cached is not None:
             return cached
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # coffea warns per unreadable branch; once is enough
+        with warnings.catch_warnings(record=True) as seen:
+            # coffea warns per unreadable branch, and the NanoAOD schema per cross-reference
+            # a skimmed file dropped (``Muon_jetIdx``...): every worker, for every file, on
+            # the terminal of the run. They change nothing (the branch or reference is
+            # left out, as coffea would) and go to the debug log, once per file
+            warnings.simplefilter("always")
             base_form = UprootSourceMapping._extract_base_form(entry.tree)
-        base_form["typenames"] = entry.tree.typenames()
-        base_form.setdefault("parameters", {})["metadata"] = {}
-        schema = schemaclass(base_form)
-        form = ak.forms.from_dict(schema.form)
+            base_form["typenames"] = entry.tree.typenames()
+            base_form.setdefault("parameters", {})["metadata"] = {}
+            schema = schemaclass(base_form)
+            form = ak.forms.from_dict(schema.form)
+        for message in dict.fromkeys(str(w.message) for w in seen):
+            log.debug("%s: %s", entry.location, message)
         base_metadata = dict(form.parameters.get("metadata") or {})
         entry.forms[schemaclass] = (form, base_metadata, schema)
         return entry.forms[schemaclass]

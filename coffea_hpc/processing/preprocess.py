@@ -12,7 +12,7 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from coffea_hpc._text import count
+from coffea_hpc._text import count, one_line
 from coffea_hpc.backends.protocol import Backend, ErrorPolicy
 from coffea_hpc.data.chunks import aligned_steps, even_steps
 from coffea_hpc.errors import FilesetError
@@ -201,8 +201,7 @@ def preprocess(
 
 
 def _one_line(failure: Failure) -> str:
-    first = failure.error.summary().strip().splitlines()[0] if failure.error.summary() else ""
-    return f"{failure.label or failure.key}: {first}"
+    return f"{failure.label or failure.key}: {one_line(failure.error.summary())}"
 
 
 def _prepared(f: File, info: FileInfo | None, chunksize: int | None) -> File:

@@ -235,3 +235,165 @@ def test_bad_uproot_options_are_one_line(capsys, fileset_path, tmp_path, command
     assert code == 2
     assert text.startswith("error: --uproot-options: not valid JSON or YAML")
     assert "Traceback" not in text
+
+
+def _cli(cwd: Path, *argv: str, timeout: float = 240) -> tuple[int, str]:
+    """The installed command, as a user runs it: its exit status and all it printed."""
+    done = subprocess.run([str(Path(sys.executable).with_name("coffea-hpc")), *argv],
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return done.returncode, done.stdout + done.stderr
+
+
+def _hint_only_with_a_report(text: str, out: Path) -> None:
+    """The line pointing at report.json names a report that is there; with no report there
+    is no such line."""
+    report = out / "report.json"
+    pointing = [line for line in text.splitlines() if "report.json" in line]
+    if not report.is_file():
+        assert pointing == [], text
+    for line in pointing:
+        assert line.rstrip().endswith(f"are in {report}") and report.is_file(), text
+
+
+KILLED_WORKER = '''
+import os
+import signal
+from pathlib import Path
+
+from coffea_hpc.examples.dimuon import DimuonProcessor
+
+HERE = Path(__file__).parent
+
+
+class KilledOnce(DimuonProcessor):
+    """The worker process processing the chunk at entry 1000 is killed (as by the OOM
+    killer), the first time only."""
+
+    def process(self, events):
+        marker = HERE / "killed"
+        if events.metadata["entrystart"] == 1000 and not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().process(events)
+'''
+
+
+def test_a_lost_parsl_worker_that_is_retried_prints_no_parsl_traceback(fileset_path,
+                                                                      tmp_path):
+    """Parsl logs the lost worker's task (WorkerLost) with a 27-line traceback at ERROR;
+    starting Parsl sets its logger back to DEBUG, so only the terminal handler's filter keeps
+    it to parsl.log. The run retries the chunk and completes, as if nothing happened."""
+    (tmp_path / "killed.py").write_text(KILLED_WORKER)
+    out = tmp_path / "out"
+    code, text = _cli(tmp_path, "run", f"{tmp_path / 'killed.py'}:KilledOnce", "-f",
+                      str(fileset_path), "-o", str(out), "-e", "parsl", "-j", "2",
+                      "--chunksize", "1000")
+    assert code == 0, text
+    assert (tmp_path / "killed").exists()  # a worker did die
+    logs = "".join(p.read_text() for p in out.rglob("parsl.log"))
+    assert "WorkerLost" in logs  # Parsl saw it, and its log keeps it
+    assert "WorkerLost" not in text and "Traceback" not in text, text
+    assert not any(line.lstrip().startswith("ERROR") for line in text.splitlines()), text
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "complete" and report["events"] == 12_000
+    assert report["failed_chunks"] == []
+
+
+def test_a_futures_run_over_skimmed_nanoaod_prints_no_coffea_warnings(fileset, tmp_path):
+    """A skim that dropped the cross-reference branches (Muon_jetIdx...): the NanoAOD
+    schema warns once per missing reference, in every worker for every file. The run's
+    terminal shows none of them; the output is the same as the unskimmed file's."""
+    from tests.helpers import without_branches
+
+    source = fileset.datasets["DYJetsToLL"].files
+    skimmed = []
+    for i, f in enumerate(source):
+        skimmed.append(str(tmp_path / f"skim_{i}.root"))
+        without_branches(f.path, skimmed[-1], "Idx")
+    spec = tmp_path / "skim.json"
+    spec.write_text(json.dumps({"DYJetsToLL": skimmed}))
+    out = tmp_path / "out"
+    code, text = _cli(tmp_path, "run", "coffea_hpc.examples.dimuon:DimuonProcessor", "-f",
+                      str(spec), "-o", str(out), "-e", "futures", "-j", "2",
+                      "--chunksize", "500")
+    assert code == 0, text
+    assert "Warning" not in text and "warnings.warn" not in text, text
+    assert len(text.splitlines()) < 30, text
+    whole = tmp_path / "whole.json"
+    whole.write_text(json.dumps({"DYJetsToLL": [f.path for f in source]}))
+    code, text = _cli(tmp_path, "run", "coffea_hpc.examples.dimuon:DimuonProcessor", "-f",
+                      str(whole), "-o", str(tmp_path / "whole"), "-e", "iterative",
+                      "--chunksize", "500")
+    assert code == 0, text
+    assert_same(load(out / "output.coffea"), load(tmp_path / "whole" / "output.coffea"))
+
+
+@pytest.fixture
+def bad_files(fileset, tmp_path):
+    """A ROOT file cut in half (its header and first baskets intact), and notes saved
+    under a ``.root`` name."""
+    whole = Path(fileset.datasets["DYJetsToLL"].files[1].path).read_bytes()
+    truncated = tmp_path / "truncated.root"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    text = tmp_path / "notes.root"
+    text.write_text("cuts to try next week: muon pt > 30, |eta| < 2.1\n")
+    return {"truncated": str(truncated), "text": str(text)}
+
+
+def _fileset_with(fileset, tmp_path: Path, *bad: str) -> Path:
+    spec = {"DY": [fileset.datasets["DYJetsToLL"].files[0].path, *bad],
+            "TT": [f.path for f in fileset.datasets["TTTo2L2Nu"].files]}
+    path = tmp_path / "with_bad.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["truncated", "text"])
+def test_a_bad_file_stops_the_run_named_in_one_line(fileset, tmp_path, bad_files, kind):
+    """Without --skip-bad-files: the file is named on one line (uproot's three-line error
+    joined), no traceback, and a pointer to report.json only where one was written (the
+    text file stops the run at preprocessing, before any report)."""
+    bad = bad_files[kind]
+    out = tmp_path / "out"
+    code, text = _cli(tmp_path, "run", "coffea_hpc.examples.dimuon:DimuonProcessor", "-f",
+                      str(_fileset_with(fileset, tmp_path, bad)), "-o", str(out), "-e",
+                      "futures", "-j", "2", "--chunksize", "1000")
+    assert code == (1 if kind == "truncated" else 2), text
+    assert "Traceback" not in text, text
+    naming = [line for line in text.splitlines() if bad in line]
+    assert len(naming) == 1, text
+    assert "expected Chunk of length" in naming[0] and "received" in naming[0], text
+    assert (out / "report.json").is_file() is (kind == "truncated")
+    _hint_only_with_a_report(text, out)
+
+
+def test_bad_files_skipped_are_one_line_and_one_report_row_each(fileset, tmp_path,
+                                                                bad_files):
+    out = tmp_path / "out"
+    code, text = _cli(tmp_path, "run", "coffea_hpc.examples.dimuon:DimuonProcessor", "-f",
+                      str(_fileset_with(fileset, tmp_path, *bad_files.values())), "-o",
+                      str(out), "-e", "futures", "-j", "2", "--chunksize", "1000",
+                      "--skip-bad-files")
+    assert code == 0, text
+    assert "Traceback" not in text, text
+    for bad in bad_files.values():
+        naming = [line for line in text.splitlines() if bad in line]
+        assert len(naming) == 1 and naming[0].startswith("skipped "), text
+        assert "received" in naming[0], text  # the whole error, not its first line
+    report = json.loads((out / "report.json").read_text())
+    rows = [row["file"].removesuffix(":Events") for row in report["skipped_files"]]
+    assert sorted(rows) == sorted(bad_files.values()), report["skipped_files"]
+
+    # what could be read is all there: the good files in full, and the truncated file's
+    # chunks that could be read
+    output = load(out / "output.coffea")
+    dy = next(d for d in report["datasets"] if d["name"] == "DY")
+    assert output["cutflow"]["TT"]["all"] == 3_000
+    assert 3_000 <= output["cutflow"]["DY"]["all"] == dy["processed"] < 6_000
+    code, clean_text = _cli(tmp_path, "run", "coffea_hpc.examples.dimuon:DimuonProcessor",
+                            "-f", str(_fileset_with(fileset, tmp_path)), "-o",
+                            str(tmp_path / "clean"), "-e", "iterative")
+    assert code == 0, clean_text
+    clean = load(tmp_path / "clean" / "output.coffea")
+    assert_same(output["cutflow"]["TT"], clean["cutflow"]["TT"])
+    assert_same(output["mass"][{"dataset": "TT"}], clean["mass"][{"dataset": "TT"}])

@@ -4,8 +4,8 @@ target number of seconds (``--target-chunk-seconds``).
 A fixed chunking cuts every file up front. Here each file's entry range (what the fixed
 chunking would cover, less what a checkpoint already counted) is a *span*, and the next
 chunk is cut from the front of its span only when the backend has room for it, at the size
-the dataset's measured throughput asks for: ``target / seconds-per-event``. The estimate is a
-decaying average over the dataset's finished chunks (their wall time and entries, as the
+the dataset's measured throughput asks for: ``target / seconds-per-event``. The estimate is
+the median over the dataset's latest finished chunks (their wall time per entry, as the
 workers measured them), so a dataset whose events cost ten times more gets chunks ten times
 smaller, and the first chunks, cut before anything was measured, have the start chunksize.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -39,8 +40,10 @@ MAX_FACTOR = 16
 MAX_GROWTH = 4
 """A dataset's chunks grow by at most this factor over its largest chunk so far: one chunk
 that happened to run fast does not make the next one huge."""
-DECAY = 0.8
-"""Weight of the past in the seconds-per-event estimate, per finished chunk."""
+RECENT = 7
+"""The seconds-per-event estimate is the median over this many of the dataset's latest
+chunks: a worker's first chunk (imports, the file's open) or one on a busy node does not
+throw it off, and a dataset whose cost changes along its files is followed."""
 MAX_SPLIT_DEPTH = 4
 """How often a chunk that ran out of memory is halved (down to 1/16) before the error
 policy decides about it as about any failure."""
@@ -67,8 +70,8 @@ class ChunkSizer:
         self.target_s = float(target_s)
         self.min_entries = min(start, MIN_ENTRIES)
         self.max_entries = start * MAX_FACTOR
-        self._sums: dict[str, list[float]] = {}
-        """dataset -> [decayed seconds, decayed entries] of its finished chunks"""
+        self._recent: dict[str, deque[float]] = {}
+        """dataset -> seconds per event of its latest finished chunks"""
         self._largest: dict[str, int] = {}
         self._caps: dict[str, int] = {}
         """dataset -> the most entries a chunk may have: half a chunk that ran out of memory"""
@@ -79,13 +82,12 @@ class ChunkSizer:
             entries, wall = row.get("entries") or 0, row.get("wall_s")
             if row.get("outcome") != "ok" or entries <= 0 or wall is None:
                 continue
-            sums = self._sums.setdefault(row["dataset"], [0.0, 0.0])
-            sums[0] = DECAY * sums[0] + wall
-            sums[1] = DECAY * sums[1] + entries
+            recent = self._recent.setdefault(row["dataset"], deque(maxlen=RECENT))
+            recent.append(wall / entries)
 
     def seconds_per_event(self, dataset: str) -> float | None:
-        sums = self._sums.get(dataset)
-        return sums[0] / sums[1] if sums and sums[1] > 0 else None
+        recent = self._recent.get(dataset)
+        return statistics.median(recent) if recent else None
 
     def size(self, dataset: str) -> int:
         per_event = self.seconds_per_event(dataset)
@@ -111,7 +113,7 @@ class ChunkSizer:
     def summary(self) -> dict[str, Any]:
         """What the sizer learnt, per dataset, for the report."""
         out: dict[str, Any] = {}
-        for dataset in sorted({*self._sums, *self._largest}):
+        for dataset in sorted({*self._recent, *self._largest}):
             per_event = self.seconds_per_event(dataset)
             out[dataset] = {
                 "seconds_per_event": None if per_event is None else round(per_event, 9),

@@ -19,6 +19,7 @@ the ledger (`AdaptiveWorkload.rest`), never a list of chunks that might overlap.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import statistics
 from collections import deque
@@ -33,6 +34,8 @@ from coffea_hpc.reduction.spill import SpillPolicy
 
 __all__ = ["AdaptiveWorkload", "ChunkSizer", "spans_of"]
 
+LOOKAHEAD = 1_000
+"""Spans looked through for one of a measured dataset (`AdaptiveWorkload._next_span`)."""
 MIN_ENTRIES = 100
 """The smallest chunk cut (unless the start chunksize is smaller)."""
 MAX_FACTOR = 16
@@ -203,15 +206,46 @@ class AdaptiveWorkload:
     # -- what a task asks of any work ----------------------------------------------------
 
     def __iter__(self) -> Iterator[ProcessChunks]:
+        # first one chunk of each dataset (at the start size), so that every dataset's cost
+        # is measured early: the chunks a window cuts for a dataset reached only later would
+        # otherwise all be cut blind, at the start size, however heavy its events
+        probed: set[str] = set()
+        i = 0
+        while i < len(self._pending):
+            span = self._pending[i]
+            if span.dataset in probed or span.entries <= 0:
+                i += 1
+                continue
+            probed.add(span.dataset)
+            chunk, rest = self._cut_from(span)
+            if rest is None:
+                del self._pending[i]
+            else:
+                self._pending[i] = rest
+                i += 1
+            yield self._element([chunk])
         while self._pending:
-            span: Chunk | None = self._pending.popleft()
+            at = self._next_span()
+            span: Chunk | None = self._pending[at]
+            del self._pending[at]
             batch: list[Chunk] = []
             while span is not None and len(batch) < self.chunks_per_task:
-                chunk, span = self._cut_from(span)
+                chunk, span = self._cut_from(span)  # type: ignore[arg-type]
                 batch.append(chunk)
             if span is not None:
-                self._pending.appendleft(span)
+                self._pending.insert(at, span)
             yield self._element(batch)
+
+    def _next_span(self) -> int:
+        """Where the next chunk is cut: the first span, unless its dataset is not measured
+        yet (its first chunk still running) and one a little further on is: chunks are not
+        cut blind while there is other work to give out."""
+        if self.sizer.seconds_per_event(self._pending[0].dataset) is not None:
+            return 0
+        for at, span in enumerate(itertools.islice(self._pending, 1, LOOKAHEAD), start=1):
+            if self.sizer.seconds_per_event(span.dataset) is not None:
+                return at
+        return 0
 
     def __len__(self) -> int:
         """Chunks cut so far plus an estimate of those still to cut (for progress)."""

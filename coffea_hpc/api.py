@@ -47,6 +47,7 @@ def run(
     backend: Backend | str | None = None,
     workers: int | None = None,
     chunksize: int | None = None,
+    target_chunk_seconds: float | None = None,
     limit_files: int | None = None,
     limit_chunks: int | None = None,
     schema: str | None = None,
@@ -139,7 +140,8 @@ def _run_with(processor: Any, options: RunOptions, *, fileset: Any = None, backe
         mpi_launcher=options.mpi_launcher or "mpiexec")
     return run_analysis(
         processor, fileset, backend=backend, workers=options.workers,
-        output_dir=options.output, chunksize=options.chunksize, schema=options.schema_name,
+        output_dir=options.output, chunksize=options.chunksize,
+        target_chunk_seconds=options.target_chunk_seconds, schema=options.schema_name,
         limit_files=options.limit_files, limit_chunks=options.limit_chunks,
         align_clusters=options.align_clusters, policy=policy or _policy(options),
         chunks_per_task=options.chunks_per_task, reduction=reduction, resume=options.resume,
@@ -210,6 +212,7 @@ def submit(
     backend: str | None = None,
     workers: int | None = None,
     chunksize: int | None = None,
+    target_chunk_seconds: float | None = None,
     limit_files: int | None = None,
     limit_chunks: int | None = None,
     schema: str | None = None,

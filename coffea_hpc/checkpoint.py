@@ -160,8 +160,14 @@ def fileset_digest(fileset: Fileset) -> str:
     return _digest(record)
 
 
-def chunks_digest(chunks: Iterable[Chunk]) -> str:
-    return _digest([list(c.key) for c in chunks])
+def chunks_digest(chunks: Iterable[Chunk], *, target_seconds: float | None = None) -> str:
+    """The chunking's digest; with adaptive chunking (``target_seconds``), that of the
+    ranges the fixed chunks cover and the target: the chunks themselves are cut as the run
+    goes, and a resume re-cuts what its checkpoint lacks."""
+    keys = [list(c.key) for c in chunks]
+    if target_seconds is None:
+        return _digest(keys)
+    return _digest({"ranges": keys, "target_chunk_seconds": float(target_seconds)})
 
 
 def _digest(record: Any) -> str:
@@ -177,7 +183,8 @@ _CHANGED = {  # what changed, how, and how to resume anyway
     "fileset": ("the fileset", "its datasets, files, their uuids or metadata, or "
                 "--limit-files; fileset digest {old} → {new}", "with the original fileset"),
     "chunks": ("the chunking", "",
-               "with the original --chunksize, --limit-chunks and --align-clusters"),
+               "with the original --chunksize, --target-chunk-seconds, --limit-chunks and "
+               "--align-clusters"),
 }
 
 

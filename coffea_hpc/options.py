@@ -46,6 +46,8 @@ class RunOptions(BaseModel):
     executor: Executor = "parsl"
     workers: int | None = Field(default=None, ge=1)
     chunksize: int | None = Field(default=None, ge=1)
+    target_chunk_seconds: float | None = Field(default=None, gt=0)
+    """Adaptive chunking: chunks sized per dataset to last about this long."""
     limit_files: int | None = Field(default=None, ge=1)
     limit_chunks: int | None = Field(default=None, ge=1)
     schema_name: str = Field(default="nanoaod", alias="schema")

@@ -37,6 +37,7 @@ from coffea_hpc.data.fileset import Fileset
 from coffea_hpc.errors import ChunkFailedError, CoffeaHPCError, UserError
 from coffea_hpc.metrics import CHUNKS_NAME, ChunkLog
 from coffea_hpc.output import RemoteOutput
+from coffea_hpc.processing.adaptive import AdaptiveWorkload, ChunkSizer, spans_of
 from coffea_hpc.processing.metacache import MetadataCache
 from coffea_hpc.processing.preprocess import Preprocessed, preprocess
 from coffea_hpc.processing.processor import ProcessorHandle, load_processor, postprocess
@@ -97,6 +98,7 @@ def run(
     workers: int | None = None,
     output_dir: str | Path | None = None,
     chunksize: int | None = None,
+    target_chunk_seconds: float | None = None,
     schema: str = "nanoaod",
     limit_files: int | None = None,
     limit_chunks: int | None = None,
@@ -122,11 +124,16 @@ def run(
     (seconds) reach every open of a file, in preprocessing and on the workers;
     ``redirectors`` rewrite ``/store/...`` paths (`Fileset.with_redirectors`);
     ``metadata_cache`` is True (the user's cache folder), False, or the database's path.
+    ``target_chunk_seconds``: cut chunks as they are submitted, starting at ``chunksize``
+    and sized per dataset from measured throughput to last about that long
+    (`coffea_hpc.processing.adaptive`); None keeps the fixed chunking.
     See the command-line help of ``coffea-hpc run`` for the other options.
     ``run_options``, the effective options of the command line or `coffea_hpc.run`, go
     into the report as they are.
     """
     started = time.time()
+    if target_chunk_seconds is not None and not target_chunk_seconds > 0:
+        raise UserError(f"target_chunk_seconds must be positive, got {target_chunk_seconds}")
     resolve_schema(schema)  # user mistakes first, before any compute starts
     read_opts = read_options(uproot_options, xrootd_timeout)
     proc = load_processor(processor) if isinstance(processor, str) else processor
@@ -176,23 +183,37 @@ def run(
             if out_dir is not None:
                 prep.fileset.save(out_dir / files.PREPARED_NAME)
             every_chunk = chunks_of(prep.fileset, limit_chunks=limit_chunks)
+            chunking: dict[str, Any] = {"chunksize": chunksize, "limit_chunks": limit_chunks,
+                                        "align_clusters": align_clusters}
+            if target_chunk_seconds is not None:
+                chunking["target_chunk_seconds"] = target_chunk_seconds
             checkpoint.provenance.update(
-                fileset=fileset_digest(prep.fileset), chunks=chunks_digest(every_chunk),
-                chunking={"chunksize": chunksize, "limit_chunks": limit_chunks,
-                          "align_clusters": align_clusters})
+                fileset=fileset_digest(prep.fileset),
+                chunks=chunks_digest(every_chunk, target_seconds=target_chunk_seconds),
+                chunking=chunking)
             if saved is not None:
                 saved.check(checkpoint.provenance)
                 checkpoint.base = saved.load(spills=None if remote_storage else spill.key)
-            chunks = _todo(every_chunk, checkpoint.base)
-            per_task = chunks_per_task or auto_chunks_per_task(chunks, backend.workers)
-            work = Workload(handle, chunks, schema=schema, chunks_per_task=per_task, spill=spill,
-                            uproot_options=read_opts)
+            work: Workload | AdaptiveWorkload
+            if target_chunk_seconds is not None:
+                # what the fixed chunking would cover, less the checkpoint, cut as it goes
+                per_task = chunks_per_task or 1
+                sizer = ChunkSizer(_start_size(chunksize, every_chunk), target_chunk_seconds)
+                work = AdaptiveWorkload(handle, spans_of(every_chunk, checkpoint.base.processed),
+                                        sizer, schema=schema, chunks_per_task=per_task,
+                                        spill=spill, uproot_options=read_opts)
+            else:
+                chunks = _todo(every_chunk, checkpoint.base)
+                per_task = chunks_per_task or auto_chunks_per_task(chunks, backend.workers)
+                work = Workload(handle, chunks, schema=schema, chunks_per_task=per_task,
+                                spill=spill, uproot_options=read_opts)
 
             chunk_log = stack.enter_context(ChunkLog(
                 out_dir / CHUNKS_NAME if out_dir else None, append=resume,
                 run=datetime.fromtimestamp(started, timezone.utc).isoformat()))
             configuration = {
-                "chunksize": chunksize, "chunks_per_task": per_task, "schema": schema,
+                "chunksize": chunksize, "target_chunk_seconds": target_chunk_seconds,
+                "chunks_per_task": per_task, "schema": schema,
                 "align_clusters": align_clusters, "limit_files": limit_files,
                 "limit_chunks": limit_chunks, "reduction": reduction.mode,
                 "max_retries": (policy or ErrorPolicy()).max_retries,
@@ -207,6 +228,12 @@ def run(
                 row["performance"] = chunk_log.figures(stages.seconds.get("processing"),
                                                        row["workers"])
                 row["configuration"] = configuration
+                if isinstance(work, AdaptiveWorkload):
+                    row["adaptive_chunking"] = {
+                        "target_chunk_seconds": target_chunk_seconds,
+                        "start_chunksize": work.sizer.start,
+                        "out_of_memory_splits": work.splits,
+                        "datasets": work.sizer.summary()}
                 return row
 
             # the MPI merge's ranks start now and wait, so the merge begins with the last partial
@@ -443,6 +470,14 @@ def _own_version() -> str:
         return __version__
 
 
+def _start_size(chunksize: int | None, chunks: Sequence[Chunk]) -> int:
+    """Adaptive chunking starts from ``--chunksize``, or else from the largest chunk of
+    the fixed chunking (a prepared fileset's steps, or the default chunksize)."""
+    if chunksize is not None:
+        return chunksize
+    return max((c.entries for c in chunks), default=1) or 1
+
+
 def _todo(chunks: list[Chunk], done: Result) -> list[Chunk]:
     """Chunks not already counted in ``done`` (a checkpoint)."""
     if not done.processed:
@@ -466,7 +501,7 @@ def _report(
     started: float,
     backend: Backend,
     prep: Preprocessed,
-    work: Workload,
+    work: Workload | AdaptiveWorkload,
     result: Result,
     stages: _Stages,
     *,
@@ -518,7 +553,8 @@ def _report(
     }
 
 
-def _unreadable_files(failures: Sequence[Failure], work: Workload) -> list[dict[str, Any]]:
+def _unreadable_files(failures: Sequence[Failure],
+                      work: Workload | AdaptiveWorkload) -> list[dict[str, Any]]:
     """Files that failed to read while processing, one row each: which chunks of them are
     missing is in ``failed_chunks``; this is the list an analyst acts on."""
     failed: dict[tuple[str, str], list[Failure]] = {}

@@ -25,6 +25,7 @@ import pytest
 
 from coffea_hpc.data.fileset import Fileset
 from coffea_hpc.data.synthetic import SyntheticDataset, generate
+from coffea_hpc.metrics import read_chunks
 from coffea_hpc.output import load
 from coffea_hpc.reduction import Reduction
 from coffea_hpc.runner import run
@@ -119,3 +120,26 @@ def test_every_cell_equals_coffea(backend, reduction, chunksize, analysis, analy
     # the empty files were processed, once each, as coffea processes them
     assert outcome.output["chunks"] == expected["chunks"]
     assert outcome.output["cutflow"]["EmptySkim"]["all"] == 0
+
+
+@pytest.mark.parametrize("backend", ("iterative", "futures", "parsl", "dask"))
+def test_adaptive_chunking_equals_coffea(backend, analysis, analysis_fileset, coffea_answer,
+                                         unrelated_cwd, tmp_path):
+    """Chunks cut as the run goes (``--target-chunk-seconds``), of sizes no fixed chunking
+    has, add up to coffea's answer: every entry counted once, the empty files included.
+    Only the number of chunks, which the analysis counts, differs."""
+    out_dir = tmp_path / "out"
+    outcome = run(str(analysis / PROCESSOR), analysis_fileset, backend=backend, workers=2,
+                  output_dir=out_dir, chunksize=250, target_chunk_seconds=0.005)
+    expected = dict(coffea_answer[CHUNKSIZES[0]])
+    got = dict(outcome.output)
+    sizes = {c["entrystop"] - c["entrystart"] for c in read_chunks(out_dir / "chunks.jsonl")
+             if c["entrystop"] > c["entrystart"]}
+    assert sizes - {250}, sizes  # the sizes did adapt (a fixed chunking cuts 8 x 250)
+    assert got.pop("chunks") > 0 and expected.pop("chunks") > 0
+    assert_same(got, expected)
+    assert outcome.report["status"] == "complete"
+    assert outcome.output["cutflow"]["EmptySkim"]["all"] == 0
+    assert {(r["filename"], tuple(map(tuple, r["ranges"])))
+            for r in outcome.report["processed_ranges"]} == \
+        {(f.path, ((0, f.entries),)) for _, f in outcome.prepared.files}

@@ -31,6 +31,7 @@ from coffea_hpc.backends.protocol import (
     TaskStatus,
     WorkElement,
 )
+from coffea_hpc.data.ranges import EntryRanges
 from coffea_hpc.errors import ChunkFailedError, MergeError, OverlapError
 from coffea_hpc.processing.result import Failure, RemoteError, Result, merge_values
 
@@ -133,6 +134,10 @@ class FutureTask:
         self._backlog = _Backlog(work)
         self._probing: set[Hashable] = set()
         """Keys whose failure would stop the task, being retried: nothing new starts meanwhile."""
+        self._adaptive = bool(getattr(work, "adaptive", False))
+        """Work cut into chunks as it is submitted (`AdaptiveWorkload`): its chunk count
+        is an estimate, and what is done is checked by entry ranges, not by keys."""
+        self._learn: Callable[[Any], None] | None = getattr(work, "learn", None)
         self._file_of: Callable[[Hashable], Hashable] | None = getattr(work, "file_of", None)
         self._file_probes: dict[Hashable, Hashable] = {}
         """File -> the one chunk of it being retried after a read error."""
@@ -209,7 +214,7 @@ class FutureTask:
     def progress(self) -> TaskProgress:
         self._drain(block=False)
         return TaskProgress(
-            total=self._total,
+            total=max(len(self._work), len(self._done)) if self._adaptive else self._total,
             done=len(self._done),
             failed=len(self._failed),
             total_weight=self._total_weight,
@@ -246,10 +251,12 @@ class FutureTask:
 
     def _fill(self) -> None:
         """Submit waiting elements while the window has room and no failure is in doubt."""
-        while self._backlog and not self._probing and self._status in (TaskStatus.PENDING,
-                                                                       TaskStatus.RUNNING):
+        while not self._probing and self._status in (TaskStatus.PENDING, TaskStatus.RUNNING):
+            # room first, then the next element: adaptive work cuts its chunks as late as it can
             if self._window is not None and \
                     len(self._inflight) - len(self._merging) >= self._window:
+                return
+            if not self._backlog:
                 return
             element = self._backlog.popleft()
             if self._file_of is not None and element.keys:
@@ -338,6 +345,7 @@ class FutureTask:
         delay = 0.0
         labels = dict(zip(element.keys, getattr(element, "labels", ()), strict=False))
         errors = self._resubmit_lost(errors)
+        errors = self._split_out_of_memory(errors)
         for key, error in errors.items():
             label = labels.get(key, str(key))
             kind = _kind(error, died)
@@ -402,6 +410,34 @@ class FutureTask:
         rerun = set(lost)
         return {k: e for k, e in errors.items() if k not in rerun}
 
+    def _split_out_of_memory(self, errors: dict[Hashable, RemoteError]
+                             ) -> dict[Hashable, RemoteError]:
+        """Adaptive work: a chunk whose worker ran out of memory (a `MemoryError`, or its
+        process died under it) goes back to the front of the queue as its two halves, at no
+        retry's cost, and the dataset's chunks are never cut that big again. A chunk that
+        cannot be split further (`AdaptiveWorkload.split`) is left to the error policy, as
+        every failure is with a fixed chunking. Returns the errors left to judge."""
+        split = getattr(self._work, "split", None)
+        if split is None:
+            return errors
+        from coffea_hpc.processing.adaptive import out_of_memory
+
+        halves: list[WorkElement] = []
+        left: dict[Hashable, RemoteError] = {}
+        for key, error in errors.items():
+            parts = split(key) if out_of_memory(error.type_names) else []
+            if parts:
+                log.warning("%s ran out of memory (%s): retrying it as two halves",
+                            key[1:] if isinstance(key, tuple) else key, error.summary())
+                halves.extend(parts)
+            else:
+                left[key] = error
+        if halves:
+            self._acc.metrics["out_of_memory_splits"] = \
+                self._acc.metrics.get("out_of_memory_splits", 0) + len(halves) // 2
+            self._backlog.extendleft(reversed(halves))
+        return left
+
     def _end_probes(self, keys: tuple[Hashable, ...], retried: list[Hashable]) -> None:
         """A file's retried chunk that came back with anything but another retry ends the
         wait of its file's other chunks: they go back to the front of the queue."""
@@ -438,6 +474,11 @@ class FutureTask:
     def _tell(self, element: WorkElement, token: int, result: Result | None,
               error: RemoteError | None) -> None:
         submitted = self._submitted.pop(token, None)
+        if self._learn is not None and result is not None:
+            try:  # adaptive work sizes the chunks it cuts next from these rows
+                self._learn(result.chunk_rows)
+            except Exception as err:
+                log.warning("sizing chunks failed: %s: %s", type(err).__name__, err)
         if self._observer is None:
             return
         try:
@@ -466,8 +507,15 @@ class FutureTask:
 
     def _complete(self) -> None:
         """Finish, after checking that every key is either done or recorded as failed."""
-        every = self._work.keys()
-        missing = [k for k in every if k not in self._done and k not in self._failed]
+        if self._adaptive:  # every span's entries counted, or in a chunk recorded as failed
+            covered = copy.deepcopy(self._acc.processed)
+            for key in self._failed:
+                if isinstance(key, tuple) and len(key) == 5:
+                    covered.update(EntryRanges.of(key[:3], key[3], key[4]))
+            missing = self._work.uncovered(covered)  # type: ignore[attr-defined]
+        else:
+            every = self._work.keys()
+            missing = [k for k in every if k not in self._done and k not in self._failed]
         if missing:  # a backend lost track of work: never report it as complete
             error = RemoteError(("RuntimeError",), f"{len(missing)} units of work were never "
                                 "answered by the backend")
@@ -547,6 +595,8 @@ class FutureTask:
         self._submitted.clear()
 
     def _remaining(self) -> Computable:
+        if self._adaptive:  # the spans less the ledger, cut afresh: never overlapping
+            return self._work.rest(self._acc.processed)  # type: ignore[attr-defined]
         every = self._work.keys()
         return self._work.subset(k for k in every if k not in self._done)
 

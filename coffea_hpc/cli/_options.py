@@ -32,6 +32,11 @@ Workers = Annotated[int | None, typer.Option(
     "--workers", "-j", help="Local workers (default: one per core); with a site, per node.")]
 Chunksize = Annotated[int | None, typer.Option(
     "--chunksize", help="Entries per chunk (default 100000; a prepared fileset keeps its chunks).")]
+TargetChunkSeconds = Annotated[float | None, typer.Option(
+    "--target-chunk-seconds",
+    help="Adapt the chunk size per dataset, from --chunksize on, so chunks last about this "
+         "many seconds (measured throughput); remaining entries are re-split, never counted "
+         "twice, and a chunk whose worker runs out of memory is retried as two halves.")]
 LimitFiles = Annotated[int | None, typer.Option(
     "--limit-files", help="Use only the first N files of each dataset.")]
 LimitChunks = Annotated[int | None, typer.Option(

@@ -105,6 +105,7 @@ def run(
     executor: opt.Executor = "parsl",
     workers: opt.Workers = None,
     chunksize: opt.Chunksize = None,
+    target_chunk_seconds: opt.TargetChunkSeconds = None,
     limit_files: opt.LimitFiles = None,
     limit_chunks: opt.LimitChunks = None,
     schema: opt.Schema = "nanoaod",

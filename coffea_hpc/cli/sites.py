@@ -139,6 +139,7 @@ def submit(
     executor: opt.Executor = "parsl",
     workers: opt.Workers = None,
     chunksize: opt.Chunksize = None,
+    target_chunk_seconds: opt.TargetChunkSeconds = None,
     limit_files: opt.LimitFiles = None,
     limit_chunks: opt.LimitChunks = None,
     schema: opt.Schema = "nanoaod",

@@ -153,6 +153,8 @@ class ParslBackend(PoolBackend):
         self._merge_executors = list(merge_executors) if merge_executors else self._executors
         self._dfk: Any = None
         self._watchdog: Watchdog | None = None
+        self._warm_ups: list[Any] = []
+        """Futures of the warm-up apps of a local pool (`warm_up`), one per worker."""
         self._app: Any = None
         self._merge_app: Any = None
 
@@ -253,8 +255,7 @@ class ParslBackend(PoolBackend):
         if self.on_this_machine:
             # the pool's workers import what chunks need while the driver preprocesses,
             # not when the first chunk is waiting (a batch block's arrive minutes later)
-            for _ in range(self._workers):
-                self._app(warm_up)
+            self._warm_ups = [self._app(warm_up) for _ in range(self._workers)]
         log.info("Parsl started (run dir %s)", self._dfk.run_dir)
 
     def _close(self) -> None:

@@ -676,7 +676,9 @@ def _failed_future(exc: BaseException) -> _FailedFuture:
 
 
 def _kind(error: RemoteError, died: RemoteError | None) -> str:
-    """Which retry budget a failure spends (`Failure.kind`)."""
-    if died is not None:
-        return "worker"
-    return "io" if error.matches((OSError,)) else "processor"
+    """Which retry budget a failure spends (`Failure.kind`): an `OSError` is reading's
+    (or a service's) wherever it was raised; any other error that ended the element as a
+    whole, its worker's."""
+    if error.matches((OSError,)):
+        return "io"
+    return "worker" if died is not None else "processor"

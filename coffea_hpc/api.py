@@ -122,9 +122,6 @@ def _run_with(processor: Any, options: RunOptions, *, fileset: Any = None, backe
               policy: ErrorPolicy | None = None, reduction: Reduction | None = None,
               reporter: Reporter | None = None) -> RunOutcome:
     """The one path of a run, from the command line and from Python."""
-    from coffea_hpc.reduction import Reduction
-    from coffea_hpc.runner import run as run_analysis
-
     if options.test:
         options = options.for_test()
     if fileset is None or isinstance(fileset, str | Path):
@@ -133,6 +130,13 @@ def _run_with(processor: Any, options: RunOptions, *, fileset: Any = None, backe
         fileset = options.fileset
     if backend is None or isinstance(backend, str):
         backend = _backend(options)
+    if backend == "futures":
+        from coffea_hpc.backends.futures import start_forkserver
+
+        start_forkserver()  # its workers' imports go on beside the driver's, just below
+    from coffea_hpc.reduction import Reduction
+    from coffea_hpc.runner import run as run_analysis
+
     reduction = reduction or Reduction(
         mode=options.reduce, fan_in=options.fan_in,
         spill_dir=str(options.spill_dir) if options.spill_dir else None,

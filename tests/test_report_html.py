@@ -126,6 +126,24 @@ def test_the_report_opens_in_chromium_with_every_plot_drawn(run_dir, tmp_path, c
     assert plot_blue > 20_000, plot_blue
 
 
+@pytest.mark.parametrize("backend", ["iterative", "parsl", "dask"])
+def test_every_backend_gives_a_page_with_every_plot_and_its_configuration(
+        fileset, tmp_path, backend, capsys):
+    """The page is drawn from what every backend records (the browser test above uses a
+    futures run); its configuration section says how the run was made."""
+    out = tmp_path / "out"
+    run(DimuonProcessor(), fileset, backend=backend, workers=2, chunksize=1_500,
+        chunks_per_task=1, output_dir=out)
+    page = tmp_path / "report.html"
+    assert main(["report", str(out), "-o", str(page)]) == 0
+    dom = page.read_text()
+    assert _problems(dom) == []
+    [config] = re.findall(r'<section id="configuration">.*?</section>', dom, re.S)
+    rows = dict(re.findall(r"<tr><th>(.*?)</th><td>(.*?)</td></tr>", config))
+    assert rows["backend"] == backend and rows["chunksize"] == "1500"
+    assert rows["status"] == "complete"
+
+
 def test_the_checks_see_console_errors_and_empty_plots(run_dir, tmp_path):
     """The browser test can fail: a script error reaches the console it reads, and a run
     without chunk metrics gives plots the DOM check calls empty."""

@@ -29,6 +29,7 @@ from typing import Any
 from coffea_hpc.data.chunks import Chunk, ChunkKey
 from coffea_hpc.data.ranges import EntryRanges
 from coffea_hpc.processing.processor import ProcessorHandle
+from coffea_hpc.processing.worker import resolve_schema
 from coffea_hpc.processing.workload import ProcessChunks, Workload
 from coffea_hpc.reduction.spill import SpillPolicy
 
@@ -189,6 +190,7 @@ class AdaptiveWorkload:
     ) -> None:
         if chunks_per_task < 1:
             raise ValueError(f"chunks_per_task must be >= 1, got {chunks_per_task}")
+        resolve_schema(schema)  # fail on the driver, not on every worker
         self.processor = processor
         self.spans = tuple(spans)
         self.sizer = sizer

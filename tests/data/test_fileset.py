@@ -54,6 +54,17 @@ def test_prepared_fileset_round_trips_through_files(tmp_path: Path, suffix: str)
     assert again.is_prepared and again.n_entries == 10
 
 
+def test_reading_a_mapping_leaves_it_as_it_was():
+    """Loading a file drops each entry of the parsed JSON once read (memory); a mapping the
+    caller hands in is the caller's and stays whole."""
+    spec = {"ds": {"files": {f"/x/{i}.root": {"object_path": "Events", "num_entries": 10,
+                                              "uuid": f"u-{i}", "steps": [[0, 10]]}
+                             for i in range(3)}}}
+    copy = json.loads(json.dumps(spec))
+    assert len(Fileset.from_mapping(spec).files) == 3
+    assert spec == copy
+
+
 def test_relative_paths_resolve_against_the_fileset_file(tmp_path: Path):
     (tmp_path / "sub").mkdir()
     path = tmp_path / "sub" / "fs.json"

@@ -226,7 +226,9 @@ def test_a_chunk_whose_worker_is_killed_for_memory_is_split(fileset, tmp_path, f
                   policy=ErrorPolicy(max_retries=0))
     assert_same(outcome.output, fixed_answer)
     _covers_each_file_once(outcome.report, outcome.prepared)
-    assert log.read_text().split("\n")[:3] == ["0 3000", "0 1500", "1500 3000"]
+    # the halves run side by side, on both workers: either may be first
+    tried = log.read_text().splitlines()
+    assert tried[0] == "0 3000" and set(tried) == {"0 3000", "0 1500", "1500 3000"}, tried
     assert outcome.report["adaptive_chunking"]["out_of_memory_splits"] == 3
     assert outcome.report["metrics"]["chunks"] >= 7
     ok = [(r["file"], r["entrystart"], r["entrystop"]) for r in read_chunks(out / "chunks.jsonl")

@@ -121,9 +121,11 @@ def test_a_server_stopped_mid_run_and_restarted_costs_retries_not_output(
             slow = write_slow_processor(tmp_path / "slow.py", 0.4)
 
             def outage() -> None:
+                # down long enough for the client to spend its connection retries (5 x 1 s
+                # windows): after that only a short stream error window lets it try again
                 time.sleep(1.5)
                 server.stop()
-                time.sleep(2.5)
+                time.sleep(8)
                 server.start()
 
             breaker = threading.Thread(target=outage)

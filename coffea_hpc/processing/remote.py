@@ -9,18 +9,23 @@ travels as a string.
 handler: through uproot's default fsspec source (fsspec-xrootd), a read that fails after the
 file is open (a server stopped mid-run) never reaches the reader, and the worker waits for
 ever; uproot's XRootD source raises `TimeoutError` or `OSError`, which the worker can act on.
-The XRootD client checks its timeouts every 15 s by default, so a timeout of a few seconds
-would fire up to 15 s late; and after a failed connection it tries the server again only
-when its connection window (120 s) has passed, so a server back after a restart would stay
-unreachable for two minutes. With a ``timeout``, a worker's client checks every second and
-its connection window is the timeout (both are settings of the process's XRootD client,
-made again when a run asks for another timeout).
+The XRootD client's defaults are made for one long-lived program, not for a run that retries:
+it checks its timeouts every 15 s, so a timeout of a few seconds would fire up to 15 s late;
+after a failed connection it tries the server again only when its connection window (120 s)
+has passed; and once its connection retries are spent it fails every request to that server
+at once, without trying, for its stream error window (30 minutes), so a server back after a
+restart of a few seconds would stay unreachable for the rest of most runs. coffea-hpc makes
+these settings of the process's XRootD client before it opens a ``root://`` URL: the
+stream error window at most a minute, and with a ``timeout`` a check every second and
+windows of the timeout (made again when a run asks for another timeout). A setting the
+analyst made through its ``XRD_*`` environment variable is left as it is.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,8 +37,11 @@ from coffea_hpc.errors import UserError
 __all__ = ["is_xrootd", "open_options", "parse_uproot_options", "read_options"]
 
 _XROOTD_SCHEMES = ("root://", "roots://")
-_client_timeout: int | None = None
+_UNSET = object()
+_client_timeout: object = _UNSET
 """The timeout this process's XRootD client settings were last made for."""
+_STREAM_ERROR_WINDOW = 60
+"""Seconds a server whose connection retries were spent is refused without trying."""
 
 
 def is_xrootd(path: str) -> bool:
@@ -98,8 +106,8 @@ def open_options(path: str, options: Mapping[str, Any] | None) -> dict[str, Any]
 
         require("XRootD", "reading of root:// URLs", extra="xrootd")
         out["handler"] = XRootDSource
-    if is_xrootd(path) and out.get("timeout"):
-        _fine_timeouts(int(out["timeout"]))
+    if is_xrootd(path):
+        _client_settings(int(out["timeout"]) if out.get("timeout") else None)
     return out
 
 
@@ -114,7 +122,7 @@ def _handler_class(name: str) -> type:
     return cls
 
 
-def _fine_timeouts(timeout: int) -> None:
+def _client_settings(timeout: int | None) -> None:
     global _client_timeout
     if _client_timeout == timeout:
         return
@@ -123,5 +131,13 @@ def _fine_timeouts(timeout: int) -> None:
         from XRootD.client import EnvPutInt
     except ImportError:  # uproot names the missing package when it opens the file
         return
-    EnvPutInt("TimeoutResolution", 1)
-    EnvPutInt("ConnectionWindow", max(1, min(timeout, 120)))
+    if timeout is None:  # the client's own defaults, but for the stream error window
+        settings = {"TimeoutResolution": 15, "ConnectionWindow": 120,
+                    "StreamErrorWindow": _STREAM_ERROR_WINDOW}
+    else:
+        window = max(1, min(timeout, 120))
+        settings = {"TimeoutResolution": 1, "ConnectionWindow": window,
+                    "StreamErrorWindow": min(window, _STREAM_ERROR_WINDOW)}
+    for name, value in settings.items():
+        if f"XRD_{name.upper()}" not in os.environ:
+            EnvPutInt(name, value)

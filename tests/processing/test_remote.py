@@ -57,6 +57,38 @@ def test_root_urls_get_uprootss_xrootd_source_unless_told_otherwise():
     assert chosen["handler"] is uproot.source.fsspec.FSSpecSource
 
 
+_CLIENT_SETTINGS = """
+import json
+from XRootD.client import EnvGetInt
+from coffea_hpc.processing.remote import open_options
+names = ["TimeoutResolution", "ConnectionWindow", "StreamErrorWindow"]
+seen = []
+for options in ({"timeout": 2}, {}, {"timeout": 500}):
+    open_options("root://host//a.root", options)
+    seen.append([EnvGetInt(n) for n in names])
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("env", [{}, {"XRD_CONNECTIONWINDOW": "7"}])
+def test_the_xrootd_client_forgets_a_dead_server_within_a_minute(env):
+    """Its defaults refuse a server for 30 minutes once connection retries are spent, which
+    would turn a restart of a few seconds into failed chunks; a setting the analyst made in
+    the environment stays theirs."""
+    pytest.importorskip("XRootD.client")
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _CLIENT_SETTINGS], capture_output=True,
+                          text=True, env=os.environ | env, timeout=60, check=True)
+    with_2, without, with_500 = json.loads(proc.stdout)
+    window = 7 if env else 2
+    assert with_2 == [1, window, 2]
+    assert without == [15, 7 if env else 120, 60]
+    assert with_500 == [1, 7 if env else 120, 60]
+
+
 @pytest.mark.parametrize("how", ["--xrootd-timeout", "--uproot-options"])
 def test_a_silent_server_times_out_on_futures_workers(how, tmp_path, capsys):
     pytest.importorskip("XRootD.client", reason="pip install 'coffea-hpc[xrootd]'")

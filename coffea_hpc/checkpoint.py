@@ -164,15 +164,42 @@ def chunks_digest(chunks: Iterable[Chunk], *, target_seconds: float | None = Non
     """The chunking's digest; with adaptive chunking (``target_seconds``), that of the
     ranges the fixed chunks cover and the target: the chunks themselves are cut as the run
     goes, and a resume re-cuts what its checkpoint lacks."""
-    keys = [list(c.key) for c in chunks]
-    if target_seconds is None:
-        return _digest(keys)
-    return _digest({"ranges": keys, "target_chunk_seconds": float(target_seconds)})
+    digest = hashlib.sha256()
+    if target_seconds is not None:
+        digest.update(b'{"ranges":')
+    # the JSON text of the list of keys, hashed a slice at a time: at 10^6 chunks the whole
+    # text and its keys held at once were the largest allocation of a run's start (~250 MB)
+    digest.update(b"[")
+    batch: list[tuple[Any, ...]] = []
+    first = True
+    for chunk in chunks:
+        batch.append(chunk.key)
+        if len(batch) == _DIGEST_BATCH:
+            first = _digest_slice(digest, batch, first)
+            batch = []
+    if batch:
+        _digest_slice(digest, batch, first)
+    digest.update(b"]")
+    if target_seconds is not None:
+        digest.update(f',"target_chunk_seconds":{_json(float(target_seconds))}}}'.encode())
+    return digest.hexdigest()[:16]
+
+
+_DIGEST_BATCH = 10_000
+
+
+def _digest_slice(digest: Any, keys: list[tuple[Any, ...]], first: bool) -> bool:
+    text = _json(keys)[1:-1]  # the list's items, without its brackets
+    digest.update((text if first else "," + text).encode())
+    return False
+
+
+def _json(record: Any) -> str:
+    return json.dumps(record, sort_keys=True, default=repr, separators=(",", ":"))
 
 
 def _digest(record: Any) -> str:
-    text = json.dumps(record, sort_keys=True, default=repr, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(_json(record).encode()).hexdigest()[:16]
 
 
 _CHANGED = {  # what changed, how, and how to resume anyway

@@ -629,3 +629,29 @@ def test_checkpoints_write_the_running_sum_as_it_stands_without_copying_it(
     assert len(midway) >= 2, written
     assert all(counted == entries for counted, entries in written), written
     assert copies == [], copies
+
+
+def test_the_chunking_digest_hashed_in_slices_is_that_of_the_whole_list(monkeypatch):
+    # a resume compares this digest with the checkpoint's: hashing 10^6 keys a slice at a
+    # time must give what hashing them all at once gives, at any slice boundary
+    import hashlib
+
+    from coffea_hpc import checkpoint
+    from coffea_hpc.data.chunks import Chunk
+
+    chunks = [Chunk("ds", f"/d/f{i // 4}.root", "Events", 10 * i, 10 * i + 10)
+              for i in range(23)]
+
+    def whole(record):
+        text = json.dumps(record, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    keys = [list(c.key) for c in chunks]
+    for batch in (1, 5, 23, 10_000):
+        monkeypatch.setattr(checkpoint, "_DIGEST_BATCH", batch)
+        assert checkpoint.chunks_digest(chunks) == whole(keys)
+        assert checkpoint.chunks_digest(chunks, target_seconds=30) == whole(
+            {"ranges": keys, "target_chunk_seconds": 30.0})
+        assert checkpoint.chunks_digest([]) == whole([])
+    moved = [*chunks[:-1], Chunk("ds", chunks[-1].filename, "Events", 220, 231)]
+    assert checkpoint.chunks_digest(moved) != checkpoint.chunks_digest(chunks)

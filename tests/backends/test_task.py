@@ -132,3 +132,22 @@ def test_in_flight_work_stays_within_the_window_and_elements_are_made_as_it_asks
     assert len(backend.in_flight) == len(chunks) == result.metrics["chunks"]
     assert max(backend.in_flight) <= backend.window
     assert max(backend.ahead) <= 1  # made, not yet submitted: the one the queue peeked at
+
+
+def test_the_done_set_answers_as_a_set_would():
+    from coffea_hpc.backends._task import _KeySet
+
+    done, truth = _KeySet(), set()
+    keys = [("ds", f"f{i % 3}", "Events", 10 * i, 10 * i + 10) for i in range(12)]
+    keys += [("ds", "f0", "Events", 0, 5),  # another range from a start already done
+             ("ds", "f1", "Events", 10, 20),  # a start done in another file
+             "not-a-chunk", ("short", 1)]
+    for key in keys + keys[:4]:  # the first ones twice
+        done.add(key)
+        truth.add(key)
+        assert len(done) == len(truth)
+    probes = [*keys, ("ds", "f0", "Events", 0, 11), ("ds", "f9", "Events", 0, 10),
+              ("ds", "f0", "Friends", 0, 10), "other", ("short", 2)]
+    assert [p in done for p in probes] == [p in truth for p in probes]
+    done.clear()
+    assert len(done) == 0 and not any(p in done for p in probes)

@@ -157,3 +157,20 @@ def test_malformed_replicas_and_redirectors_are_one_line_errors():
         Fileset.from_mapping({"d": {"files": {"/a.root": {"replicas": "root://b//a.root"}}}})
     with pytest.raises(FilesetError, match="is not a URL"):
         Fileset.from_mapping({"d": ["/store/a.root"]}).with_redirectors(["cmsxrootd.fnal.gov"])
+
+
+def test_a_large_fileset_is_saved_as_the_same_json_a_piece_at_a_time(tmp_path: Path):
+    # above 1,000 files the text is written file by file, never held whole
+    mapping = {
+        f"ds{d}": {"files": {f"/x/{d}/f{i}.root": {
+            "object_path": "Events", "num_entries": 7 * i + 1, "uuid": f"u-{d}-{i}",
+            "steps": [[0, 3 * i + 1], [3 * i + 1, 7 * i + 1]],
+            **({"replicas": [f"root://b//x/{d}/f{i}.root"]} if i % 3 == 0 else {})}
+            for i in range(600)},
+            "metadata": {"xsec": 0.5 + d, "name": 'quote "d"'}}
+        for d in range(3)
+    }
+    original = Fileset.from_mapping(mapping)
+    path = original.save(tmp_path / "prepared.json")
+    assert json.loads(path.read_text()) == json.loads(json.dumps(original.to_mapping()))
+    assert Fileset.load(path) == original

@@ -28,7 +28,7 @@ BACKENDS = ("iterative", "futures", "parsl")
 
 def _child(backend: str, fileset: Path, out: Path) -> None:
     """One run in this fresh process; prints its timings as one JSON line."""
-    from coffea_hpc.runner import run
+    from coffea_hpc import run  # as analysts call it, and as `coffea-hpc run` runs
 
     first: list[float] = []
 

@@ -17,15 +17,17 @@ and multiprocessing's resource tracker when the driver dies.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import itertools
 import logging
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ import psutil
 from coffea_hpc.backends._base import PoolBackend, warm_up
 from coffea_hpc.backends._watchdog import Watchdog
 from coffea_hpc.backends.protocol import WorkElement
+from coffea_hpc.errors import UserError
 
 __all__ = ["FuturesBackend", "WorkerDied", "start_forkserver"]
 
@@ -44,6 +47,19 @@ _FREE_RESUBMITS = 5
 """How often an element caught in someone else's crash is resubmitted without charge."""
 _PRELOAD = ["coffea_hpc.processing.worker"]
 """What the forkserver imports once, so that every worker forked from it starts with it."""
+
+
+def _settle_outer(outer: Future, exc: BaseException | None = None, *,
+                  result: Any = None) -> None:
+    """Give the future the task holds its outcome, unless the run cancelled it meanwhile
+    (a stopping run cancels what is still pending while pool threads settle elements)."""
+    try:
+        if exc is not None:
+            outer.set_exception(exc)
+        else:
+            outer.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 class WorkerDied(RuntimeError):
@@ -57,8 +73,55 @@ def start_forkserver() -> None:
     other. (The server ends with this process.)"""
     from multiprocessing import forkserver
 
+    _refuse_an_unguarded_script()
     multiprocessing.get_context("forkserver").set_forkserver_preload(_PRELOAD)
     forkserver.ensure_running()
+
+
+def _refuse_an_unguarded_script() -> None:
+    """A script that starts a run at its top level, outside ``if __name__ == "__main__":``,
+    is run again by every worker process (they import the script to find what it
+    defines): each fails at start and the pool breaks, which would read as workers killed
+    for memory. Said in one line instead, naming the line."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not path:
+        return  # a notebook, python -c, an interactive session: nothing is re-imported
+    frame = sys._getframe()
+    top = None
+    while frame is not None:  # the script's own module-level frame, outermost
+        if frame.f_globals is vars(main) and frame.f_code.co_name == "<module>":
+            top = frame
+        frame = frame.f_back
+    if top is None:
+        return
+    try:
+        tree = ast.parse(Path(path).read_text(), path)
+    except (OSError, SyntaxError, ValueError):
+        return
+    line = top.f_lineno
+    for node in tree.body:
+        if isinstance(node, ast.If) and _is_main_guard(node.test) \
+                and node.lineno <= line <= (node.end_lineno or node.lineno):
+            return
+    raise UserError(f"{path}:{line} starts a futures run outside an 'if __name__ == "
+                    "\"__main__\":' block: each worker process imports the script again and "
+                    "would run it again; put the code that runs the analysis under that guard")
+
+
+def _is_main_guard(test: ast.expr) -> bool:
+    return any(isinstance(node, ast.Compare)
+               and {_name_or_text(node.left), *map(_name_or_text, node.comparators)}
+               == {"__name__", "'__main__'"}
+               for node in ast.walk(test))
+
+
+def _name_or_text(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return repr(node.value)
+    return None
 
 
 def _pool_servers() -> list[int]:
@@ -134,28 +197,28 @@ class FuturesBackend(PoolBackend):
 
     def _settle(self, inner: Future, processes: dict[int, Any], element: WorkElement,
                 outer: Future, token: int, free: int) -> None:
-        if outer.cancelled():
+        if outer.cancelled():  # the run is stopping: nobody waits for this element
             return
         if inner.cancelled():
             outer.cancel()
             return
         exc = inner.exception()
         if exc is None:
-            outer.set_result(inner.result())
+            _settle_outer(outer, result=inner.result())
             return
         if not isinstance(exc, BrokenProcessPool) or not self._started:
-            outer.set_exception(exc)
+            _settle_outer(outer, exc)
             return
         culprit = self._died_running(processes, token)
         if culprit is not None or free <= 0:
-            outer.set_exception(WorkerDied(
+            _settle_outer(outer, WorkerDied(
                 f"the worker process{f' (pid {culprit})' if culprit else ''} running this "
                 "exited abruptly (killed for memory, or a crash in compiled code?)"))
             return
         try:
             self._dispatch(element, outer, free - 1)
         except Exception as err:  # the backend is closing
-            outer.set_exception(err)
+            _settle_outer(outer, err)
 
     def _died_running(self, processes: dict[int, Any], token: int) -> int | None:
         """The pid of the dead process if it was running ``token``, else None.
@@ -201,6 +264,7 @@ class FuturesBackend(PoolBackend):
     on_this_machine = True
 
     def _start(self) -> None:
+        _refuse_an_unguarded_script()
         self._scratch = tempfile.mkdtemp(prefix="coffea-hpc-futures-")
         self._pool = self._new_pool()
         self._watch()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MEMORY_TARGET = 1 << 30  # 1 GiB at 10^5 files
+MEMORY_TARGET = 10**9  # 1 GB at 10^5 files
 
 
 @pytest.mark.timeout(600)

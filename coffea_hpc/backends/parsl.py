@@ -234,9 +234,13 @@ class ParslBackend(PoolBackend):
         from parsl.dataflow.dflow import DataFlowKernel
 
         config = self._config
-        if config is None:
+        local = config is None
+        if local:
             run_dir = self._run_dir or Path("runinfo")
             config = local_htex_config(self._workers, run_dir)
+            # its block is launched below as soon as the interchange is up, not at the
+            # strategy's first poll (half a second later)
+            config.executors[0].provider.init_blocks = 0
         elif self._run_dir is not None:
             config.run_dir = str(self._run_dir)
         private_dir(config.run_dir)  # logs and the CurveZMQ certificates: the user's alone
@@ -244,6 +248,14 @@ class ParslBackend(PoolBackend):
             self._dfk = DataFlowKernel(config)
         except Exception as err:
             raise BackendError(f"starting Parsl failed: {type(err).__name__}: {err}") from err
+        if local:
+            try:
+                self._dfk.executors[LOCAL_LABEL].scale_out_facade(1)
+            except Exception as err:
+                _cleanup_within(self._dfk, CLEANUP_TIMEOUT_S)
+                self._dfk = None
+                raise BackendError(f"starting Parsl's local workers failed: "
+                                   f"{type(err).__name__}: {err}") from err
         _mute_logs_that_cannot_be_written(Path(self._dfk.run_dir))
         interchanges = [executor.interchange_proc.pid for executor in self._dfk.executors.values()
                         if getattr(executor, "interchange_proc", None) is not None]

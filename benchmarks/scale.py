@@ -9,7 +9,8 @@ realistic result (a dict of histograms of about 100 kB and the element's entry r
 what is measured is the driver alone: loading a prepared fileset, chunking, submitting,
 the exactly-once ledger, merging, progress, checkpoints and writing each chunk's metrics row
 (the sim's results carry one per chunk, as workers' do). ``--backend parsl`` runs a real
-local HighThroughputExecutor (32 workers) with a no-op processor over tiny chunks and
+local HighThroughputExecutor (32 workers) with a no-op processor over tiny chunks (of files
+with three branches, ``--data minimal``, or the tests' synthetic NanoAOD, ``--data small``) and
 compares chunks/s, once the workers are warm, with what Parsl's own ``parsl-perf`` measures
 on an executor of the same settings, in the same run.
 
@@ -148,7 +149,31 @@ def _time_checkpoint(result: Any, path: Path) -> float:
     return time.perf_counter() - started
 
 
-def measure_parsl(files: int, chunks_per_file: int, workers: int, per_task: int) -> dict:
+def write_minimal(folder: Path, files: int, entries: int) -> Path:
+    """Files of three branches (run, luminosityBlock, event): a chunk's events then cost
+    the worker almost nothing to build, so what is left per chunk is coffea-hpc's own
+    dispatch, which is what a comparison with no-op Parsl apps is about."""
+    import numpy as np
+    import uproot
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(files):
+        path = folder / f"minimal_{i:05d}.root"
+        columns = {"run": np.ones(entries, np.uint32),
+                   "luminosityBlock": np.ones(entries, np.uint32),
+                   "event": np.arange(entries, dtype=np.uint64) + 1}
+        with uproot.recreate(path) as out:
+            out.mktree("Events", {k: v.dtype for k, v in columns.items()})
+            out["Events"].extend(columns)
+        paths.append(str(path))
+    fileset = folder / "fileset.json"
+    fileset.write_text(json.dumps({"Minimal": {"treename": "Events", "files": paths}}))
+    return fileset
+
+
+def measure_parsl(files: int, chunks_per_file: int, workers: int, per_task: int,
+                  data: str = "minimal") -> dict:
     """Parsl's own ``parsl-perf`` on a local HTEx, then coffea-hpc's chunks/s (its processing
     stage) over a local HTEx of the same settings, once its workers have imported what
     chunks need (what a cold start costs is `startup.py`'s to measure)."""
@@ -158,8 +183,12 @@ def measure_parsl(files: int, chunks_per_file: int, workers: int, per_task: int)
     from coffea_hpc.runner import run
 
     with tempfile.TemporaryDirectory(prefix="coffea-hpc-scale-") as tmp:
-        fs = generate(Path(tmp) / "data", events_per_file=chunks_per_file * 10,
-                      datasets=(SyntheticDataset("Tiny", "dy", files),), basket_entries=10)
+        if data == "minimal":
+            fs: Any = write_minimal(Path(tmp) / "data", files, chunks_per_file * 10)
+        else:  # the synthetic NanoAOD of the tests (about 150 branches)
+            fs = generate(Path(tmp) / "data", events_per_file=chunks_per_file * 10,
+                          datasets=(SyntheticDataset("Tiny", "dy", files),),
+                          basket_entries=10)
         raw = _parsl_perf_rate(workers, Path(tmp))
         first = _FirstChunk()
         backend = ParslBackend(local_htex_config(workers, Path(tmp) / "parsl"),
@@ -175,7 +204,7 @@ def measure_parsl(files: int, chunks_per_file: int, workers: int, per_task: int)
     ours = chunks / outcome.report["stages_s"]["processing"]
     return {"chunks": chunks, "files": files, "backend": "parsl",
             "chunks_per_s": round(ours, 1), "parsl_perf_tasks_per_s": round(raw, 1),
-            "ratio_to_parsl": round(ours / raw, 2),
+            "ratio_to_parsl": round(ours / raw, 2), "data": data,
             "driver_peak_rss_bytes": peak_rss(),
             "first_chunk_s": round(first.seconds, 3) if first.seconds else None,
             "checkpoint_s": None, "stages_s": outcome.report["stages_s"]}
@@ -220,8 +249,10 @@ def _parsl_perf_rate(workers: int, folder: Path) -> float:
 
 
 def _one(args: argparse.Namespace) -> dict:
-    measure = measure_sim if args.backend == "sim" else measure_parsl
-    return measure(args.files, args.chunks_per_file, args.workers, args.chunks_per_task)
+    if args.backend == "sim":
+        return measure_sim(args.files, args.chunks_per_file, args.workers, args.chunks_per_task)
+    return measure_parsl(args.files, args.chunks_per_file, args.workers, args.chunks_per_task,
+                         args.data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=("sim", "parsl"), default="sim")
     parser.add_argument("--workers", type=int, default=32)
     parser.add_argument("--chunks-per-task", type=int, default=1)
+    parser.add_argument("--data", choices=("minimal", "small"), default="minimal",
+                        help="parsl: files of 3 branches, or the tests' synthetic NanoAOD")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -245,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         command = [sys.executable, __file__, "--one", "--files", str(files),
                    "--chunks-per-file", str(per_file), "--backend", args.backend,
                    "--workers", str(args.workers), "--chunks-per-task",
-                   str(args.chunks_per_task)]
+                   str(args.chunks_per_task), "--data", args.data]
         done = subprocess.run(command, capture_output=True, text=True,
                               env={**os.environ, "PYTHONWARNINGS": "ignore"})
         if done.returncode != 0:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import abc
+import ast
 import logging
+import sys
+from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
 
 from coffea_hpc.backends._task import FutureLike, FutureTask, Reducer
 from coffea_hpc.backends.protocol import Computable, ErrorPolicy, WorkElement
-from coffea_hpc.errors import BackendError
+from coffea_hpc.errors import BackendError, UserError
 
-__all__ = ["PoolBackend", "run_element", "warm_up"]
+__all__ = ["PoolBackend", "refuse_an_unguarded_script", "run_element", "warm_up"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,52 @@ def warm_up() -> None:
     from coffea_hpc.processing.worker import freeze_startup_objects
 
     freeze_startup_objects()
+
+
+def refuse_an_unguarded_script(backend: str) -> None:
+    """A script that starts a run at its top level, outside ``if __name__ == "__main__":``,
+    is run again by every worker process (they import the script to find what it
+    defines): each fails at start and the pool breaks, which would read as workers killed
+    for memory. Said in one line instead, naming the line."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not path:
+        return  # a notebook, python -c, an interactive session: nothing is re-imported
+    frame = sys._getframe()
+    top = None
+    while frame is not None:  # the script's own module-level frame, outermost
+        if frame.f_globals is vars(main) and frame.f_code.co_name == "<module>":
+            top = frame
+        frame = frame.f_back
+    if top is None:
+        return
+    try:
+        tree = ast.parse(Path(path).read_text(), path)
+    except (OSError, SyntaxError, ValueError):
+        return
+    line = top.f_lineno
+    for node in tree.body:
+        if isinstance(node, ast.If) and _is_main_guard(node.test) \
+                and node.lineno <= line <= (node.end_lineno or node.lineno):
+            return
+    raise UserError(f"{path}:{line} starts a {backend} run outside an 'if __name__ == "
+                    "\"__main__\":' block: each worker process imports the script again and "
+                    "would run it again; put the code that runs the analysis under that guard")
+
+
+def _is_main_guard(test: ast.expr) -> bool:
+    return any(isinstance(node, ast.Compare)
+               and {_name_or_text(node.left), *map(_name_or_text, node.comparators)}
+               == {"__name__", "'__main__'"}
+               for node in ast.walk(test))
+
+
+def _name_or_text(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return repr(node.value)
+    return None
 
 
 class PoolBackend(abc.ABC):

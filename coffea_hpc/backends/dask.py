@@ -6,7 +6,7 @@ import logging
 import os
 from typing import Any
 
-from coffea_hpc.backends._base import PoolBackend, run_element
+from coffea_hpc.backends._base import PoolBackend, refuse_an_unguarded_script, run_element
 from coffea_hpc.backends.protocol import WorkElement
 from coffea_hpc.extras import require
 
@@ -50,6 +50,7 @@ class DaskBackend(PoolBackend):
         if self._address is not None:
             self._client = distributed.Client(self._address)
             return
+        refuse_an_unguarded_script("dask")  # its worker processes import the script too
         saved = dict(os.environ)
         try:
             self._cluster = distributed.LocalCluster(

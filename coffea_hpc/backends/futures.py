@@ -17,14 +17,12 @@ and multiprocessing's resource tracker when the driver dies.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import itertools
 import logging
 import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
 import threading
 from concurrent.futures import Future, InvalidStateError, ProcessPoolExecutor
@@ -34,10 +32,9 @@ from typing import Any
 
 import psutil
 
-from coffea_hpc.backends._base import PoolBackend, warm_up
+from coffea_hpc.backends._base import PoolBackend, refuse_an_unguarded_script, warm_up
 from coffea_hpc.backends._watchdog import Watchdog
 from coffea_hpc.backends.protocol import WorkElement
-from coffea_hpc.errors import UserError
 
 __all__ = ["FuturesBackend", "WorkerDied", "start_forkserver"]
 
@@ -73,55 +70,9 @@ def start_forkserver() -> None:
     other. (The server ends with this process.)"""
     from multiprocessing import forkserver
 
-    _refuse_an_unguarded_script()
+    refuse_an_unguarded_script("futures")
     multiprocessing.get_context("forkserver").set_forkserver_preload(_PRELOAD)
     forkserver.ensure_running()
-
-
-def _refuse_an_unguarded_script() -> None:
-    """A script that starts a run at its top level, outside ``if __name__ == "__main__":``,
-    is run again by every worker process (they import the script to find what it
-    defines): each fails at start and the pool breaks, which would read as workers killed
-    for memory. Said in one line instead, naming the line."""
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if main is None or not path:
-        return  # a notebook, python -c, an interactive session: nothing is re-imported
-    frame = sys._getframe()
-    top = None
-    while frame is not None:  # the script's own module-level frame, outermost
-        if frame.f_globals is vars(main) and frame.f_code.co_name == "<module>":
-            top = frame
-        frame = frame.f_back
-    if top is None:
-        return
-    try:
-        tree = ast.parse(Path(path).read_text(), path)
-    except (OSError, SyntaxError, ValueError):
-        return
-    line = top.f_lineno
-    for node in tree.body:
-        if isinstance(node, ast.If) and _is_main_guard(node.test) \
-                and node.lineno <= line <= (node.end_lineno or node.lineno):
-            return
-    raise UserError(f"{path}:{line} starts a futures run outside an 'if __name__ == "
-                    "\"__main__\":' block: each worker process imports the script again and "
-                    "would run it again; put the code that runs the analysis under that guard")
-
-
-def _is_main_guard(test: ast.expr) -> bool:
-    return any(isinstance(node, ast.Compare)
-               and {_name_or_text(node.left), *map(_name_or_text, node.comparators)}
-               == {"__name__", "'__main__'"}
-               for node in ast.walk(test))
-
-
-def _name_or_text(node: ast.expr) -> str | None:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return repr(node.value)
-    return None
 
 
 def _pool_servers() -> list[int]:
@@ -264,7 +215,7 @@ class FuturesBackend(PoolBackend):
     on_this_machine = True
 
     def _start(self) -> None:
-        _refuse_an_unguarded_script()
+        refuse_an_unguarded_script("futures")
         self._scratch = tempfile.mkdtemp(prefix="coffea-hpc-futures-")
         self._pool = self._new_pool()
         self._watch()

@@ -101,35 +101,3 @@ def _pool_workers(driver: int) -> list[psutil.Process]:
                 return child.children()
     return []
 
-
-_SCRIPT = """\
-import coffea_hpc
-
-def main():
-    coffea_hpc.run("coffea_hpc.examples.dimuon:DimuonProcessor", {fileset!r},
-                   backend="futures", workers=2, limit_chunks=2)
-    print("RUN DONE")
-
-{call}
-"""
-
-
-def test_a_script_that_runs_futures_unguarded_is_told_so_in_one_line(fileset_path, tmp_path):
-    # the pool's workers import the script again; unguarded, each would start the run again
-    # and the pool would break as if its workers were killed for memory
-    unguarded = tmp_path / "analysis.py"
-    unguarded.write_text(_SCRIPT.format(fileset=str(fileset_path), call="main()"))
-    done = subprocess.run([sys.executable, str(unguarded)], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
-    assert done.returncode != 0
-    last = done.stderr.strip().splitlines()[-1]
-    assert f"{unguarded}:8 starts a futures run outside an 'if __name__ ==" in last
-    assert "WorkerDied" not in done.stderr and "bootstrapping phase" not in done.stderr
-
-    guarded = tmp_path / "guarded.py"
-    guarded.write_text(_SCRIPT.format(fileset=str(fileset_path),
-                                      call='if __name__ == "__main__":\n    main()'))
-    done = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "RUN DONE" in done.stdout

@@ -655,3 +655,29 @@ def test_the_chunking_digest_hashed_in_slices_is_that_of_the_whole_list(monkeypa
         assert checkpoint.chunks_digest([]) == whole([])
     moved = [*chunks[:-1], Chunk("ds", chunks[-1].filename, "Events", 220, 231)]
     assert checkpoint.chunks_digest(moved) != checkpoint.chunks_digest(chunks)
+
+
+def test_with_spilled_partials_a_checkpoint_holds_references_not_the_output(fileset_path,
+                                                                             tmp_path):
+    from coffea_hpc.reduction.spill import SpillSet
+
+    # large outputs spill: the partials are on storage already, and a checkpoint writes
+    # only what refers to them, so its cost does not grow with the output's size
+    processor = write_analysis(tmp_path / "code", bins=200_000)  # 1.6 MB per histogram
+    (tmp_path / "code" / "bug").touch()
+    out = tmp_path / "out"
+    proc = cli(*run_args(processor, fileset_path, out, "--spill-threshold", "0"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    partials = sorted((out / "spill").glob("partial-*"))
+    assert len(partials) >= 2
+    saved = open_checkpoint(out / "checkpoint.coffea").load()
+    assert isinstance(saved.value, SpillSet) and saved.value.value is None  # nothing inline
+    assert {Path(ref.path).name for ref in saved.value.refs} <= {p.name for p in partials}
+    assert len(saved.value.refs) >= 2
+    checkpoint = (out / "checkpoint.coffea").stat().st_size
+    assert checkpoint < min(p.stat().st_size for p in partials), checkpoint
+
+    (tmp_path / "code" / "bug").unlink()
+    again = cli(*run_args(processor, fileset_path, out, "--spill-threshold", "0", "--resume"))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert sum(c.endswith("-2000") for c in calls(tmp_path / "code")) >= 1

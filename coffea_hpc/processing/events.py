@@ -5,7 +5,9 @@ for each chunk; on real NanoAOD (about 1,500 branches) that costs far more than 
 analysis of the chunk. Everything except the entry range is the same for every chunk of a
 file, so a worker keeps a few files open and, per file, the tree, its base form and the
 schema's output form; a chunk then only costs a new column mapping and the reconstitution of
-the (virtual, so unread) array.
+the (virtual, so unread) array. The files of a dataset usually have the same branches, so
+the forms of a flat tree are also kept by the tree's structure, and the next file of that
+structure only has its tree read (~0.5 s of NanoAOD's ~0.8 s per file, not the forms).
 
 What a worker keeps must not grow with the number of files it has seen: a job of many small
 files passes thousands through one worker. So the open files are a small LRU, a file leaving
@@ -17,6 +19,7 @@ them (`coffea_hpc.processing.worker`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from collections import OrderedDict
@@ -181,6 +184,8 @@ class EventsBuilder:
         self.uproot_options = dict(uproot_options or {})
         self._open_options = {"array_cache": None, **self.uproot_options}
         self._files: OrderedDict[tuple[str, str], _OpenFile] = OrderedDict()
+        self._shared_forms: OrderedDict[tuple[str, type], tuple[Any, ...]] = OrderedDict()
+        """Forms of flat trees by their structure (`_flat_structure`), for the next file."""
         self.failed: list[tuple[str, str, str]] = []
         """``(path, location, error)`` of locations that failed, for the next result."""
         self.closed = 0
@@ -345,13 +350,18 @@ class EventsBuilder:
                 self.failed.append((path, loc, message))
         raise NoReadableLocationError(path, tuple(attempts))
 
-    @staticmethod
     def _form(
-        entry: _OpenFile, schemaclass: type[BaseSchema]
+        self, entry: _OpenFile, schemaclass: type[BaseSchema]
     ) -> tuple[ak.forms.Form, dict[str, Any], BaseSchema]:
         cached = entry.forms.get(schemaclass)
         if cached is not None:
             return cached
+        structure = _flat_structure(entry.tree)
+        shared = self._shared_forms.get((structure, schemaclass)) if structure else None
+        if shared is not None:  # another file of the same branches, types and titles
+            self._shared_forms.move_to_end((structure, schemaclass))
+            entry.forms[schemaclass] = shared
+            return shared
         with warnings.catch_warnings(record=True) as seen:
             # coffea warns per unreadable branch, and the NanoAOD schema per cross-reference
             # a skimmed file dropped (``Muon_jetIdx``...): every worker, for every file, on
@@ -367,7 +377,34 @@ class EventsBuilder:
             log.debug("%s: %s", entry.location, message)
         base_metadata = dict(form.parameters.get("metadata") or {})
         entry.forms[schemaclass] = (form, base_metadata, schema)
+        if structure:
+            self._shared_forms[(structure, schemaclass)] = entry.forms[schemaclass]
+            while len(self._shared_forms) > self.max_open_files:
+                self._shared_forms.popitem(last=False)
         return entry.forms[schemaclass]
+
+
+_PLAIN_LEAVES = frozenset({"TLeafB", "TLeafS", "TLeafI", "TLeafL", "TLeafG", "TLeafF",
+                           "TLeafD", "TLeafO"})
+
+
+def _flat_structure(tree: Any) -> str | None:
+    """What a flat tree's NanoEvents form is made of: its title and, per branch, the name,
+    title and leaves (type, dimensions, signedness). Files of a dataset usually share it,
+    and then the form and schema derived for one serve them all (deriving them is a third
+    of opening a NanoAOD file: ~0.25 s for 1,700 branches). None for a tree with anything
+    else (split objects, compressed floats), whose form is always derived from the file."""
+    parts = [str(tree.title)]
+    for branch in tree.itervalues(recursive=True):
+        if branch.classname != "TBranch" or len(branch.branches):
+            return None
+        parts.append(f"{branch.name}\x1f{branch.title}")
+        for leaf in branch.member("fLeaves"):
+            if leaf.classname not in _PLAIN_LEAVES:
+                return None
+            parts.append(f"{leaf.classname}\x1f{leaf.member('fTitle')}\x1f"
+                         f"{leaf.member('fLen')}\x1f{leaf.member('fIsUnsigned')}")
+    return hashlib.sha256("\x1e".join(parts).encode()).hexdigest()
 
 
 def _basket_index(tree: Any, name: str) -> tuple[np.ndarray, np.ndarray] | None:

@@ -97,3 +97,39 @@ def test_the_header_of_an_open_file_comes_from_the_cache(path):
     assert builder.header(path, "Events") == first \
         == (tree.num_entries, str(tree.file.uuid), path)
     builder.close()
+
+
+@pytest.mark.filterwarnings("ignore:Missing cross-reference")  # coffea's own, of the skim
+def test_files_of_one_structure_share_a_form_and_others_get_their_own(fileset, tmp_path,
+                                                                      monkeypatch):
+    from coffea.nanoevents.mapping.uproot import UprootSourceMapping
+
+    derived: list[str] = []
+    extract = UprootSourceMapping._extract_base_form.__func__
+
+    def counting(cls, tree, *args, **kwargs):
+        derived.append(tree.file.file_path)
+        return extract(cls, tree, *args, **kwargs)
+
+    monkeypatch.setattr(UprootSourceMapping, "_extract_base_form", classmethod(counting))
+    first, second = (f.path for f in fileset.datasets["DYJetsToLL"].files[:2])
+    skim = tmp_path / "skim.root"  # the muons only: another structure
+    with uproot.open(first) as src, uproot.recreate(skim) as out:
+        arrays = src["Events"].arrays(
+            filter_name=["run", "luminosityBlock", "event", "nMuon", "Muon_*"],
+            entry_stop=500, how=dict)
+        out.mktree("Events", {k: ak.Array(v).type for k, v in arrays.items()}, title="Events")
+        out["Events"].extend(arrays)
+    builder = EventsBuilder()
+    chunks = [Chunk("DYJetsToLL", path, "Events", 0, 500) for path in (first, second, str(skim))]
+    ours = [builder.events(chunk, NanoAODSchema) for chunk in chunks]
+    # the second file reused the first's form; the skim, of other branches, got its own
+    assert derived == [first, str(skim)]
+    for chunk, events in zip(chunks, ours, strict=True):
+        theirs = NanoEventsFactory.from_root(
+            {chunk.filename: "Events"}, entry_stop=500, schemaclass=NanoAODSchema,
+            mode="virtual", metadata=chunk.metadata).events()
+        assert events.fields == theirs.fields
+        assert ak.array_equal(events.Muon.pt, theirs.Muon.pt)
+        assert events.metadata == {"version": "latest", **chunk.metadata}
+    builder.close()

@@ -234,6 +234,7 @@ class EventsBuilder:
         while self._files:
             _, entry = self._files.popitem()
             self._close(entry)
+        self._shared_forms.clear()
 
     def forget(self, path: str, treename: str) -> None:
         """Close a file whose reads failed: its connection may be dead, and a retry must

@@ -28,6 +28,7 @@ import errno
 import fcntl
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import math
@@ -170,15 +171,11 @@ def chunks_digest(chunks: Iterable[Chunk], *, target_seconds: float | None = Non
     # the JSON text of the list of keys, hashed a slice at a time: at 10^6 chunks the whole
     # text and its keys held at once were the largest allocation of a run's start (~250 MB)
     digest.update(b"[")
-    batch: list[tuple[Any, ...]] = []
-    first = True
-    for chunk in chunks:
-        batch.append(chunk.key)
-        if len(batch) == _DIGEST_BATCH:
-            first = _digest_slice(digest, batch, first)
-            batch = []
-    if batch:
-        _digest_slice(digest, batch, first)
+    keys = (chunk.key for chunk in chunks)
+    separator = b""
+    while batch := list(itertools.islice(keys, _DIGEST_BATCH)):
+        digest.update(separator + _json(batch)[1:-1].encode())  # the items, no brackets
+        separator = b","
     digest.update(b"]")
     if target_seconds is not None:
         digest.update(f',"target_chunk_seconds":{_json(float(target_seconds))}}}'.encode())
@@ -186,12 +183,6 @@ def chunks_digest(chunks: Iterable[Chunk], *, target_seconds: float | None = Non
 
 
 _DIGEST_BATCH = 10_000
-
-
-def _digest_slice(digest: Any, keys: list[tuple[Any, ...]], first: bool) -> bool:
-    text = _json(keys)[1:-1]  # the list's items, without its brackets
-    digest.update((text if first else "," + text).encode())
-    return False
 
 
 def _json(record: Any) -> str:

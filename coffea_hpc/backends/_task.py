@@ -245,10 +245,8 @@ class FutureTask:
     def _mark_done(self, element: WorkElement, keys: list[Hashable]) -> None:
         """Progress counts events as elements report them: per-key state is the set of
         keys done, nothing more, so a million chunks cost the driver little memory."""
-        new = [k for k in keys if k not in self._done]
-        for key in new:
-            self._done.add(key)
-        self._done_weight += element.weight // max(len(element.keys), 1) * len(new)
+        new = sum(self._done.add(key) for key in keys)
+        self._done_weight += element.weight // max(len(element.keys), 1) * new
 
     def _fill(self) -> None:
         """Submit waiting elements while the window has room and no failure is in doubt."""
@@ -621,15 +619,23 @@ class _KeySet:
         self._other: set[Hashable] = set()
         self._len = 0
 
-    def add(self, key: Hashable) -> None:
-        if key in self:
-            return
-        stops = self._files.setdefault(key[:3], {}) if _is_chunk_key(key) else None
-        if stops is not None and key[3] not in stops:  # type: ignore[index]
-            stops[key[3]] = key[4]  # type: ignore[index]
-        else:  # not a chunk's, or a second range from one start (never, for a ledger's)
-            self._other.add(key)
+    def add(self, key: Hashable) -> bool:
+        """Add ``key``; whether it was not there yet."""
+        if _is_chunk_key(key):
+            stops = self._files.setdefault(key[:3], {})  # type: ignore[index]
+            stop = stops.get(key[3], _ABSENT)  # type: ignore[index]
+            if stop is _ABSENT:
+                stops[key[3]] = key[4]  # type: ignore[index]
+                self._len += 1
+                return True
+            if stop == key[4]:  # type: ignore[index]
+                return False
+            # a second range from one start (never, for a ledger's): kept beside
+        if key in self._other:
+            return False
+        self._other.add(key)
         self._len += 1
+        return True
 
     def __contains__(self, key: object) -> bool:
         if _is_chunk_key(key):
@@ -645,6 +651,9 @@ class _KeySet:
         self._files.clear()
         self._other.clear()
         self._len = 0
+
+
+_ABSENT = object()
 
 
 def _is_chunk_key(key: object) -> bool:

@@ -70,7 +70,6 @@ def start_forkserver() -> None:
     other. (The server ends with this process.)"""
     from multiprocessing import forkserver
 
-    refuse_an_unguarded_script("futures")
     multiprocessing.get_context("forkserver").set_forkserver_preload(_PRELOAD)
     forkserver.ensure_running()
 

@@ -100,4 +100,3 @@ def _pool_workers(driver: int) -> list[psutil.Process]:
             if "multiprocessing.forkserver" in " ".join(child.cmdline()):
                 return child.children()
     return []
-

@@ -143,7 +143,7 @@ def test_the_done_set_answers_as_a_set_would():
              ("ds", "f1", "Events", 10, 20),  # a start done in another file
              "not-a-chunk", ("short", 1)]
     for key in keys + keys[:4]:  # the first ones twice
-        done.add(key)
+        assert done.add(key) is (key not in truth)
         truth.add(key)
         assert len(done) == len(truth)
     probes = [*keys, ("ds", "f0", "Events", 0, 11), ("ds", "f9", "Events", 0, 10),

@@ -51,19 +51,23 @@ def watch(
     ``cores``: the backend's slots, for the rate per core where the connected workers are
     not known.
     """
+    news = getattr(task, "wait_for_news", None)
+    shown = getattr(task, "arrivals", 0)  # results in before the start are news too
     first = task.progress()
     if reporter is not None:
         reporter.start(label, first.total, unit)
     with _WorkerCount(workers, blocks) as count:
         logged: int | None = None
         try:
-            while not task.wait(timeout=poll):
+            while not _wait(task, news, poll, shown):
                 if count.value is not None and count.value != logged:
                     logged = count.value
                     log.info("%s: %d %s connected", label, logged,
                              "worker" if logged == 1 else "workers")
+                progress = task.progress()
+                shown = getattr(task, "arrivals", 0)
                 if reporter is not None:
-                    reporter.update(replace(task.progress(), workers=count.value,
+                    reporter.update(replace(progress, workers=count.value,
                                             blocks=count.blocks, cores=cores))
                 if on_tick is not None:
                     on_tick(task)
@@ -76,6 +80,19 @@ def watch(
                 reporter.finish(last)
     log.info("%s: %d/%d %s done, %d failed", label, last.done, last.total, unit, last.failed)
     return task.result()
+
+
+_QUIET = 0.05
+"""Least seconds between two updates: a stream of results is shown in steps."""
+
+
+def _wait(task: Task, news: Callable[..., bool] | None, poll: float, shown: int) -> bool:
+    """Wait for the next update, then return whether the task is done: as soon as a result
+    arrives that was not ``shown`` (an analyst watches for the first chunk of a short run),
+    or after ``poll`` seconds without one."""
+    if news is None:
+        return task.wait(timeout=poll)
+    return bool(news(poll, since=shown, quiet=min(_QUIET, poll)))
 
 
 class _WorkerCount:

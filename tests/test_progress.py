@@ -1,10 +1,23 @@
-"""Watching a task: a backend that cannot count its workers does not stop a run."""
+"""Watching a task: a backend that cannot count its workers does not stop a run, and a
+result is shown when it arrives, not at the next poll."""
 
 from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
 
 import uproot
 
 from coffea_hpc.backends.futures import FuturesBackend
+from coffea_hpc.backends.iterative import IterativeBackend
+from coffea_hpc.backends.protocol import WorkElement
+from coffea_hpc.data.chunks import chunks_of
+from coffea_hpc.examples.dimuon import DimuonProcessor
+from coffea_hpc.processing.preprocess import preprocess
+from coffea_hpc.processing.processor import ProcessorHandle
+from coffea_hpc.processing.workload import Workload
+from coffea_hpc.progress import watch
 from coffea_hpc.runner import run
 from tests.helpers import RecordingReporter
 
@@ -76,3 +89,46 @@ def test_progress_counts_chunks_being_retried_apart(fileset, tmp_path):
     retrying = [s for s in seen.seen if s[2]]
     assert retrying and all(done + failed < 3 for done, failed, _ in retrying), seen.seen
     assert seen.seen[-1] == (3, 0, 0)
+
+
+class _FirstSoonRestLate(IterativeBackend):
+    """Runs elements here, but hands back the first one's result after ``soon`` seconds and
+    every other one's after ``late``, as workers that finish at different times would."""
+
+    def __init__(self, soon: float, late: float) -> None:
+        super().__init__()
+        self.delays = iter([soon])
+        self.late = late
+
+    def submit(self, element: WorkElement) -> Future:
+        value = super().submit(element).result()
+        future: Future = Future()
+        timer = threading.Timer(next(self.delays, self.late), future.set_result, [value])
+        timer.daemon = True
+        timer.start()
+        return future
+
+
+class _Times:
+    def __init__(self) -> None:
+        self.shown: list[tuple[float, int]] = []
+
+    def start(self, label: str, total: int, unit: str) -> None:
+        self.began = time.monotonic()
+
+    def update(self, progress) -> None:
+        self.shown.append((time.monotonic() - self.began, progress.done))
+
+    finish = update
+
+
+def test_a_result_is_shown_when_it_arrives_not_at_the_next_poll(fileset):
+    with IterativeBackend() as plain:
+        prepared = preprocess(fileset, plain, chunksize=3_000).fileset
+    work = Workload(ProcessorHandle.wrap(DimuonProcessor()), chunks_of(prepared))
+    times = _Times()
+    with _FirstSoonRestLate(soon=1.0, late=4.0) as backend:
+        result = watch(backend.compute(work), "processing", times, poll=30.0)
+    assert result.processed.n_entries == sum(c.entries for c in chunks_of(prepared))
+    first = next(t for t, done in times.shown if done)
+    assert first < 2.5, times.shown  # not with the others (4 s), nor at the poll (30 s)

@@ -119,6 +119,8 @@ class FutureTask:
         self._inflight: dict[int, tuple[WorkElement, FutureLike]] = {}
         self._merging: set[int] = set()
         self._next_token = 0
+        self._arrivals = 0
+        """Tokens taken off the queue so far: `wait_for_news` tells news by it."""
         self._submitted: dict[int, float] = {}
         self._observer: Observer | None = None
         self._attempts: dict[Hashable, int] = {}
@@ -167,6 +169,27 @@ class FutureTask:
         while self._inflight and self._status is TaskStatus.RUNNING:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
+                break
+            self._drain(block=True, timeout=left)
+        return self.done()
+
+    @property
+    def arrivals(self) -> int:
+        """Results (and ends of retry waits) taken in so far: `wait_for_news` waits for
+        this to pass a count."""
+        return self._arrivals
+
+    def wait_for_news(self, timeout: float, *, since: int, quiet: float = 0.0) -> bool:
+        """Like `wait`, but back once more than ``since`` `arrivals` are in, though not
+        before ``quiet`` seconds: progress is shown when a result arrives, and a stream of
+        results in steps. Returns `done()`."""
+        deadline = time.monotonic() + timeout
+        if self.wait(timeout=min(quiet, timeout)):
+            return True
+        while self._arrivals == since and self._inflight \
+                and self._status is TaskStatus.RUNNING:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 break
             self._drain(block=True, timeout=left)
         return self.done()
@@ -299,6 +322,7 @@ class FutureTask:
                 token = self._queue.get(block=block, timeout=timeout)
             except queue.Empty:
                 return
+            self._arrivals += 1
             block = False  # after one arrival, take only what is already there
             entry = self._inflight.pop(token, None)
             if entry is None:  # cancelled and forgotten

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -397,3 +398,29 @@ def test_bad_files_skipped_are_one_line_and_one_report_row_each(fileset, tmp_pat
     clean = load(tmp_path / "clean" / "output.coffea")
     assert_same(output["cutflow"]["TT"], clean["cutflow"]["TT"])
     assert_same(output["mass"][{"dataset": "TT"}], clean["mass"][{"dataset": "TT"}])
+
+
+def test_workers_of_a_local_pool_start_without_the_command_line_app(tmp_path, fileset_path):
+    """Each worker of a local process pool imports the command's script again; the
+    installed ``coffea-hpc`` script must then cost nothing (not typer, rich and the option
+    models before every worker's first chunk)."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(textwrap.dedent("""
+        import sys
+        from coffea import processor
+
+        class Probe(processor.ProcessorABC):
+            def process(self, events):
+                return {"chunks": 1, "with_app": int("coffea_hpc.cli.app" in sys.modules)}
+
+            def postprocess(self, accumulator):
+                return accumulator
+    """))
+    command = Path(sys.executable).with_name("coffea-hpc")  # as installed, entry point and all
+    done = subprocess.run(
+        [str(command), "run", f"{probe}:Probe", "--fileset", str(fileset_path),
+         "-o", str(tmp_path / "out"), "--executor", "futures", "--workers", "2",
+         "--chunksize", "3000"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    output = load(tmp_path / "out" / "output.coffea")
+    assert output["chunks"] == 4 and output["with_app"] == 0

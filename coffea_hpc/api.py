@@ -9,6 +9,7 @@ library has always used: ``backend`` (``--executor``; also takes a `Backend` obj
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -130,30 +131,66 @@ def _run_with(processor: Any, options: RunOptions, *, fileset: Any = None, backe
         fileset = options.fileset
     if backend is None or isinstance(backend, str):
         backend = _backend(options)
-    if backend == "futures":
-        from coffea_hpc.backends.futures import start_forkserver
+    with contextlib.ExitStack() as early:
+        lock = None
+        if backend == "futures":
+            from coffea_hpc.backends.futures import start_forkserver
 
-        start_forkserver()  # its workers' imports go on beside the driver's, just below
-    from coffea_hpc.reduction import Reduction
-    from coffea_hpc.runner import run as run_analysis
+            start_forkserver()  # its workers' imports go on beside the driver's, just below
+        elif backend == "parsl":
+            backend, lock, fileset = _local_parsl_first(processor, fileset, options, early)
+        from coffea_hpc.reduction import Reduction
+        from coffea_hpc.runner import run as run_analysis
 
-    reduction = reduction or Reduction(
-        mode=options.reduce, fan_in=options.fan_in,
-        spill_dir=str(options.spill_dir) if options.spill_dir else None,
-        spill_bytes=int(options.spill_threshold * 1024**2), mpi_ranks=options.mpi_ranks,
-        mpi_launcher=options.mpi_launcher or "mpiexec")
-    return run_analysis(
-        processor, fileset, backend=backend, workers=options.workers,
-        output_dir=options.output, chunksize=options.chunksize,
-        target_chunk_seconds=options.target_chunk_seconds, schema=options.schema_name,
-        limit_files=options.limit_files, limit_chunks=options.limit_chunks,
-        align_clusters=options.align_clusters, policy=policy or _policy(options),
-        chunks_per_task=options.chunks_per_task, reduction=reduction, resume=options.resume,
-        checkpoint_interval=options.checkpoint_every, reporter=reporter,
-        run_options=options.model_dump(mode="json", by_alias=True),
-        uproot_options=options.uproot_options, xrootd_timeout=options.xrootd_timeout,
-        redirectors=options.redirector or (),
-        metadata_cache=options.metadata_cache if options.metadata_cache is not None else True)
+        reduction = reduction or Reduction(
+            mode=options.reduce, fan_in=options.fan_in,
+            spill_dir=str(options.spill_dir) if options.spill_dir else None,
+            spill_bytes=int(options.spill_threshold * 1024**2), mpi_ranks=options.mpi_ranks,
+            mpi_launcher=options.mpi_launcher or "mpiexec")
+        return run_analysis(
+            processor, fileset, backend=backend, workers=options.workers,
+            output_dir=options.output, chunksize=options.chunksize,
+            target_chunk_seconds=options.target_chunk_seconds, schema=options.schema_name,
+            limit_files=options.limit_files, limit_chunks=options.limit_chunks,
+            align_clusters=options.align_clusters, policy=policy or _policy(options),
+            chunks_per_task=options.chunks_per_task, reduction=reduction, resume=options.resume,
+            checkpoint_interval=options.checkpoint_every, reporter=reporter,
+            run_options=options.model_dump(mode="json", by_alias=True),
+            uproot_options=options.uproot_options, xrootd_timeout=options.xrootd_timeout,
+            redirectors=options.redirector or (),
+            metadata_cache=options.metadata_cache if options.metadata_cache is not None else True,
+            output_lock=lock)
+
+
+def _local_parsl_first(processor: Any, fileset: Any, options: RunOptions,
+                       stack: contextlib.ExitStack) -> tuple[Any, Any, Any]:
+    """Start a local Parsl pool now, before the driver imports the analysis and coffea.
+
+    The pool is a chain of processes, each started by the one before and each importing
+    Parsl (interchange, worker pool, its manager process, the workers): seconds, most of
+    the wait for a small run's first chunk. Started first, it comes up beside the driver's
+    own imports (~1 s). Its logs go in the output directory, so the directory's lock is
+    taken first; and the mistakes found without importing anything (no such fileset or
+    processor file) are found first, not after a pool was started for nothing.
+    Returns the started backend, the lock (None without an output directory) and the
+    fileset, read.
+    """
+    from coffea_hpc.backends import make_backend
+    from coffea_hpc.checkpoint import OutputLock
+    from coffea_hpc.data.fileset import load_fileset
+    from coffea_hpc.output import shared_dir
+    from coffea_hpc.processing.processor import check_processor_spec
+
+    if isinstance(processor, str):
+        check_processor_spec(processor)
+    fileset = load_fileset(fileset)
+    lock, where = None, {}
+    if options.output is not None:
+        out_dir = shared_dir(options.output)
+        lock = stack.enter_context(OutputLock(out_dir))
+        where = {"run_dir": out_dir / "parsl"}
+    backend = stack.enter_context(make_backend("parsl", workers=options.workers, **where))
+    return backend, lock, fileset
 
 
 def _policy(options: RunOptions) -> ErrorPolicy:

@@ -33,7 +33,7 @@ from coffea_hpc.checkpoint import (
     processor_digest,
 )
 from coffea_hpc.data.chunks import Chunk, chunks_of
-from coffea_hpc.data.fileset import Fileset
+from coffea_hpc.data.fileset import Fileset, load_fileset
 from coffea_hpc.errors import ChunkFailedError, CoffeaHPCError, UserError
 from coffea_hpc.metrics import CHUNKS_NAME, ChunkLog
 from coffea_hpc.output import RemoteOutput
@@ -71,14 +71,6 @@ class RunOutcome:
         return self.output_dir / files.OUTPUT_NAME
 
 
-def load_fileset(fileset: Fileset | Mapping[str, Any] | str | Path) -> Fileset:
-    if isinstance(fileset, Fileset):
-        return fileset
-    if isinstance(fileset, str | Path):
-        return Fileset.load(fileset)
-    return Fileset.from_mapping(fileset)
-
-
 def metadata_cache_for(setting: str | Path | bool | None,
                        options: Mapping[str, Any] | None = None) -> MetadataCache | None:
     """The cache a run uses: True (or None) for the default place, False for none, or a
@@ -114,6 +106,7 @@ def run(
     xrootd_timeout: float | None = None,
     redirectors: Sequence[str] = (),
     metadata_cache: str | Path | bool = True,
+    output_lock: OutputLock | None = None,
 ) -> RunOutcome:
     """Run ``processor`` over ``fileset`` and return (and, with ``output_dir``, write) the
     postprocessed output.
@@ -129,7 +122,9 @@ def run(
     (`coffea_hpc.processing.adaptive`); None keeps the fixed chunking.
     See the command-line help of ``coffea-hpc run`` for the other options.
     ``run_options``, the effective options of the command line or `coffea_hpc.run`, go
-    into the report as they are.
+    into the report as they are. ``output_lock``: the output directory's lock, taken by a
+    caller that started work there before this run (`coffea_hpc.run` starts a local Parsl
+    pool, whose logs go there, first); it stays the caller's to release.
     """
     started = time.time()
     if target_chunk_seconds is not None and not target_chunk_seconds > 0:
@@ -147,7 +142,7 @@ def run(
     reduction = reduction or Reduction()
     checkpoint_path = out_dir / files.CHECKPOINT_NAME if out_dir else None
     checkpoint = Checkpointer(checkpoint_path, checkpoint_interval, discard=_delete_spilled)
-    lock = OutputLock(out_dir) if out_dir is not None else None
+    lock = OutputLock(out_dir) if out_dir is not None and output_lock is None else None
     if lock is not None:
         lock.acquire()  # before anything in the directory is read or written
     saved: SavedCheckpoint | None = None
@@ -163,8 +158,11 @@ def run(
             if isinstance(backend, str):
                 options = {"run_dir": out_dir / "parsl"} if backend == "parsl" and out_dir else {}
                 backend = make_backend(backend, workers=workers, **options)
+            started_before = getattr(backend, "start_seconds", None)
             with stages("start"):
                 stack.enter_context(backend)  # type: ignore[arg-type]
+            if started_before is not None:  # by the caller, before the run's own imports
+                stages.add("start", started_before)
             remote_storage = getattr(backend, "remote_storage", None)
             spill = reduction.spill_policy(out_dir, remote=remote_storage)
             if remote_storage is not None:  # partials, and their cleanup, are the backend's

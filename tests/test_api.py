@@ -134,3 +134,49 @@ def test_loaded_modules_are_captured_unless_the_site_sets_up_its_own(tmp_path):
     done = subprocess.run(["bash", str(script)], capture_output=True, text=True)
     assert done.returncode == 0 and "reached" in done.stdout, done.stderr
     assert "not every module loaded" in done.stderr
+
+
+_PROBE = '''
+from pathlib import Path
+
+import psutil
+
+from coffea_hpc.examples.dimuon import DimuonProcessor
+
+Path({marker!r}).write_text(str(any(
+    "interchange" in " ".join(p.cmdline()) for p in psutil.Process().children(recursive=True))))
+
+
+class Probe(DimuonProcessor):
+    pass
+'''
+
+
+def test_a_local_parsl_pool_starts_before_the_analysis_is_imported(fileset_path, tmp_path):
+    """The pool's chain of processes comes up beside the driver's imports (it is most of a
+    small run's wait): the analysis, imported by the driver, finds Parsl's interchange
+    already running."""
+    marker = tmp_path / "interchange-running"
+    (tmp_path / "probe.py").write_text(_PROBE.format(marker=str(marker)))
+    outcome = coffea_hpc.run(f"{tmp_path / 'probe.py'}:Probe", fileset_path, backend="parsl",
+                             workers=1, chunksize=6_000, output_dir=tmp_path / "out")
+    assert marker.read_text() == "True"
+    assert outcome.result.processed.n_entries == 12_000
+    assert outcome.report["stages_s"]["start"] > 0  # the early start, still reported
+    assert (tmp_path / "out" / "parsl").is_dir()
+
+
+def test_a_local_parsl_run_checks_what_it_can_before_starting_the_pool(fileset_path, tmp_path):
+    """A missing processor file or fileset, or an output directory another run holds, is
+    said at once, and no pool is started (none of its logs in the output directory)."""
+    from coffea_hpc.checkpoint import OutputLock
+
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"processor file .*nope\.py.* does not exist"):
+        coffea_hpc.run(f"{tmp_path / 'nope.py'}:Nope", fileset_path, backend="parsl",
+                       output_dir=out)
+    with pytest.raises(UserError, match=r"fileset file .* does not exist"):
+        coffea_hpc.run(PROCESSOR, tmp_path / "none.json", backend="parsl", output_dir=out)
+    with OutputLock(out), pytest.raises(UserError, match="in use by another run"):
+        coffea_hpc.run(PROCESSOR, fileset_path, backend="parsl", output_dir=out)
+    assert not (out / "parsl").exists()

@@ -6,6 +6,7 @@ import abc
 import ast
 import logging
 import sys
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
@@ -87,6 +88,9 @@ class PoolBackend(abc.ABC):
 
     def __init__(self) -> None:
         self._started = False
+        self.start_seconds: float | None = None
+        """How long the last start took (None before one): the report's start-up stage,
+        also for a backend its caller started before the run."""
 
     def __enter__(self) -> PoolBackend:
         self.start()
@@ -102,8 +106,10 @@ class PoolBackend(abc.ABC):
 
     def start(self) -> None:
         if not self._started:
+            began = time.perf_counter()
             self._start()
             self._started = True
+            self.start_seconds = time.perf_counter() - began
 
     def close(self) -> None:
         if self._started:

@@ -28,7 +28,7 @@ from coffea_hpc._textfile import TextFileError, read_data
 from coffea_hpc.errors import FilesetError
 from coffea_hpc.output import atomic_write
 
-__all__ = ["DEFAULT_TREENAME", "Dataset", "File", "Fileset"]
+__all__ = ["DEFAULT_TREENAME", "Dataset", "File", "Fileset", "load_fileset"]
 
 DEFAULT_TREENAME = "Events"
 
@@ -259,6 +259,16 @@ class Fileset(BaseModel):
                 for name, ds in self.datasets.items()
             }
         )
+
+
+def load_fileset(fileset: Fileset | Mapping[str, Any] | str | Path) -> Fileset:
+    """A fileset as a run takes it: a `Fileset`, a mapping of any shape coffea accepts, or
+    the path of a JSON or YAML file."""
+    if isinstance(fileset, Fileset):
+        return fileset
+    if isinstance(fileset, str | Path):
+        return Fileset.load(fileset)
+    return Fileset.from_mapping(fileset)
 
 
 def _file_entry(f: File) -> dict[str, Any]:

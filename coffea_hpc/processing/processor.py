@@ -39,7 +39,7 @@ import cloudpickle
 
 from coffea_hpc.errors import ProcessorLoadError
 
-__all__ = ["ProcessorHandle", "load_processor", "run_processor"]
+__all__ = ["ProcessorHandle", "check_processor_spec", "load_processor", "run_processor"]
 
 _LOADED: dict[str, Any] = {}
 """Per-process cache of unpickled processors by payload digest."""
@@ -51,11 +51,8 @@ def load_processor(spec: str) -> Any:
     A class is instantiated with no arguments; an instance (of coffea's ``ProcessorABC`` or
     anything with ``process``) or a plain function ``f(events) -> result`` is used as is.
     """
-    module_part, sep, attr = spec.rpartition(":")
-    if not sep or not module_part or not attr:
-        raise ProcessorLoadError(
-            f"processor {spec!r} must look like 'path/to/file.py:Name' or 'package.module:Name'"
-        )
+    check_processor_spec(spec)
+    module_part, _, attr = spec.rpartition(":")
     module = _import_file(module_part) if _looks_like_path(module_part) else _import_module(
         module_part, spec
     )
@@ -124,6 +121,18 @@ class ProcessorHandle:
         return processor
 
 
+def check_processor_spec(spec: str) -> None:
+    """The mistakes in a processor's name found without importing anything (a name of the
+    wrong shape, a file that is not there): what a run checks before it starts workers."""
+    module_part, sep, attr = spec.rpartition(":")
+    if not sep or not module_part or not attr:
+        raise ProcessorLoadError(
+            f"processor {spec!r} must look like 'path/to/file.py:Name' or 'package.module:Name'"
+        )
+    if _looks_like_path(module_part) and not Path(module_part).expanduser().is_file():
+        raise ProcessorLoadError(f"processor file {module_part!r} does not exist")
+
+
 # -- import helpers -----------------------------------------------------------------------
 
 
@@ -133,8 +142,6 @@ def _looks_like_path(text: str) -> bool:
 
 def _import_file(path_text: str) -> ModuleType:
     path = Path(path_text).expanduser()
-    if not path.is_file():
-        raise ProcessorLoadError(f"processor file {path_text!r} does not exist")
     name = f"{_FILE_MODULE_PREFIX}{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}"
     if name in sys.modules:
         return sys.modules[name]

@@ -3,8 +3,8 @@
 Its entry point is `main` here, not in `coffea_hpc.cli.app`: every worker of a local process
 pool imports the parent's main script again (``multiprocessing`` does, so that functions
 defined there can be found), and for the command that script is the console-script stub,
-which imports what it names. From here that costs nothing; from the app it was typer, rich
-and the option models, ~0.3 s on every worker before its first chunk.
+which imports what it names. From here that costs nothing; from the app it was typer and
+the option models on every worker before its first chunk.
 """
 
 from __future__ import annotations

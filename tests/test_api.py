@@ -143,8 +143,19 @@ import psutil
 
 from coffea_hpc.examples.dimuon import DimuonProcessor
 
-Path({marker!r}).write_text(str(any(
-    "interchange" in " ".join(p.cmdline()) for p in psutil.Process().children(recursive=True))))
+
+
+def _interchange_running() -> bool:
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "interchange" in " ".join(child.cmdline()):
+                return True
+        except psutil.Error:  # a zombie left by another test, a process gone meanwhile
+            pass
+    return False
+
+
+Path({marker!r}).write_text(str(_interchange_running()))
 
 
 class Probe(DimuonProcessor):

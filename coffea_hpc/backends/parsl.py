@@ -12,9 +12,11 @@ same way on every backend.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
+import subprocess
 import sys
 import threading
 from collections.abc import Sequence
@@ -351,6 +353,9 @@ def _cleanup_within(dfk: Any, timeout: float) -> None:
             proc = getattr(executor, "interchange_proc", None)
             if proc is not None and proc.poll() is None:
                 proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)  # reaped: a driver that lives on (a notebook)
+                    # would otherwise keep a zombie per run
             _cancel_blocks(executor)
     elif failure:
         raise failure[0]

@@ -17,6 +17,8 @@ be reached here.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -143,3 +145,20 @@ def test_adaptive_chunking_equals_coffea(backend, analysis, analysis_fileset, co
     assert {(r["filename"], tuple(map(tuple, r["ranges"])))
             for r in outcome.report["processed_ranges"]} == \
         {(f.path, ((0, f.entries),)) for _, f in outcome.prepared.files}
+
+
+@pytest.mark.parametrize("executor", ["parsl", "futures"])
+def test_the_command_as_typed_equals_coffea(executor, analysis, analysis_fileset,
+                                            coffea_answer, unrelated_cwd, tmp_path):
+    """``coffea-hpc run`` in a fresh process, from a folder that is not the analysis's, as an
+    analyst types it: the local Parsl pool started before the analysis is imported (and
+    futures workers started without the command-line app) give coffea's answer."""
+    fileset = analysis_fileset.save(tmp_path / "fileset.json")
+    command = Path(sys.executable).with_name("coffea-hpc")
+    done = subprocess.run(
+        [str(command), "run", str(analysis / PROCESSOR), "--fileset", str(fileset),
+         "-o", str(tmp_path / "out"), "--executor", executor, "--workers", "2",
+         "--chunksize", str(CHUNKSIZES[0])],
+        cwd=unrelated_cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_same(load(tmp_path / "out" / "output.coffea"), coffea_answer[CHUNKSIZES[0]])

@@ -23,6 +23,7 @@ import yaml
 
 from coffea_hpc.errors import UserError
 from coffea_hpc.options import RunOptions
+from coffea_hpc.output import PARSL_RUN_NAME
 
 if TYPE_CHECKING:
     from coffea_hpc.backends import Backend, ErrorPolicy
@@ -188,7 +189,7 @@ def _local_parsl_first(processor: Any, fileset: Any, options: RunOptions,
     if options.output is not None:
         out_dir = shared_dir(options.output)
         lock = stack.enter_context(OutputLock(out_dir))
-        where = {"run_dir": out_dir / "parsl"}
+        where = {"run_dir": out_dir / PARSL_RUN_NAME}
     backend = stack.enter_context(make_backend("parsl", workers=options.workers, **where))
     return backend, lock, fileset
 
@@ -225,7 +226,7 @@ def _backend(options: RunOptions) -> Any:
     return site_backend(
         options.site, site_file=options.site_file, site_config=options.site_config,
         overrides=options.site_overrides(), inside_allocation=options.inside_allocation,
-        run_dir=(options.output / "parsl") if options.output else None)
+        run_dir=(options.output / PARSL_RUN_NAME) if options.output else None)
 
 
 @dataclass(frozen=True)

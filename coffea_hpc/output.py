@@ -38,6 +38,8 @@ OUTPUT_NAME = "output.coffea"
 REPORT_NAME = "report.json"
 CHECKPOINT_NAME = "checkpoint.coffea"
 PREPARED_NAME = "prepared.json"
+PARSL_RUN_NAME = "parsl"
+"""Parsl's run folder (its logs, the CurveZMQ certificates) in the output directory."""
 
 
 @dataclass(frozen=True)

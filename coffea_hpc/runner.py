@@ -156,7 +156,8 @@ def run(
         stages = _Stages()
         with contextlib.ExitStack() as stack:
             if isinstance(backend, str):
-                options = {"run_dir": out_dir / "parsl"} if backend == "parsl" and out_dir else {}
+                options = ({"run_dir": out_dir / files.PARSL_RUN_NAME}
+                           if backend == "parsl" and out_dir else {})
                 backend = make_backend(backend, workers=workers, **options)
             started_before = getattr(backend, "start_seconds", None)
             with stages("start"):

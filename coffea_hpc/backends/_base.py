@@ -89,8 +89,9 @@ class PoolBackend(abc.ABC):
     def __init__(self) -> None:
         self._started = False
         self.start_seconds: float | None = None
-        """How long the last start took (None before one): the report's start-up stage,
-        also for a backend its caller started before the run."""
+        """How long the start of the backend as it runs now took (None when it is not
+        running): the report's start-up stage, also for a backend its caller started
+        before the run."""
 
     def __enter__(self) -> PoolBackend:
         self.start()
@@ -114,6 +115,7 @@ class PoolBackend(abc.ABC):
     def close(self) -> None:
         if self._started:
             self._started = False
+            self.start_seconds = None  # a backend started again is not charged this start
             self._close()
 
     def compute(

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from coffea_hpc.backends.iterative import IterativeBackend
+
 _SCRIPT = """\
 import coffea_hpc
 
@@ -43,3 +45,13 @@ def test_a_script_that_runs_a_pool_unguarded_is_told_so_in_one_line(fileset_path
                           timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "RUN DONE" in done.stdout
+
+
+def test_a_start_is_reported_only_while_the_backend_runs():
+    """A run given a started backend counts that start in its report; once the backend is
+    closed (a run closes what it was given) the start is not counted again by the next run."""
+    backend = IterativeBackend()
+    assert backend.start_seconds is None
+    with backend:
+        assert backend.start_seconds is not None and backend.start_seconds >= 0
+    assert backend.start_seconds is None

@@ -60,10 +60,7 @@ def watch(
         logged: int | None = None
         try:
             while not _wait(task, news, poll, shown):
-                if count.value is not None and count.value != logged:
-                    logged = count.value
-                    log.info("%s: %d %s connected", label, logged,
-                             "worker" if logged == 1 else "workers")
+                logged = _log_workers(label, count.value, logged)
                 progress = task.progress()
                 shown = getattr(task, "arrivals", 0)
                 if reporter is not None:
@@ -76,10 +73,19 @@ def watch(
             raise
         finally:
             last = replace(task.progress(), workers=count.settled(timeout=1.0), cores=cores)
+            _log_workers(label, last.workers, logged)
             if reporter is not None:
                 reporter.finish(last)
     log.info("%s: %d/%d %s done, %d failed", label, last.done, last.total, unit, last.failed)
     return task.result()
+
+
+def _log_workers(label: str, count: int | None, logged: int | None) -> int | None:
+    """Log the worker count when it changed; the count now logged."""
+    if count is not None and count != logged:
+        log.info("%s: %d %s connected", label, count, "worker" if count == 1 else "workers")
+        return count
+    return logged
 
 
 _QUIET = 0.05
@@ -108,22 +114,33 @@ class _WorkerCount:
         self._blocks = blocks
         self._interval = interval
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        """Count again now, not at the end of the interval."""
         self._counted = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def settled(self, timeout: float) -> int | None:
-        """The count, after waiting up to ``timeout`` for the first (a short task can end
-        before it comes)."""
-        if self._count is not None:
-            self._counted.wait(timeout)
+        """A count taken now, waiting up to ``timeout`` for it: a short task can end
+        between two counts, and its last word should not be one from before its workers
+        connected."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return self.value
+        self._counted.clear()
+        self._wake.set()
+        self._counted.wait(timeout)
         return self.value
 
     def __enter__(self) -> _WorkerCount:
         if self._count is not None:
-            threading.Thread(target=self._run, name="coffea-hpc-workers", daemon=True).start()
+            self._thread = threading.Thread(target=self._run, name="coffea-hpc-workers",
+                                            daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        self._wake.set()
 
     def _run(self) -> None:
         assert self._count is not None
@@ -137,4 +154,5 @@ class _WorkerCount:
                 return
             finally:
                 self._counted.set()
-            self._stop.wait(self._interval)
+            self._wake.wait(self._interval)
+            self._wake.clear()

@@ -11,6 +11,7 @@ order.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Mapping, Set
 from typing import Any
 
@@ -135,6 +136,26 @@ def processes_mentioning(*words: str) -> list[Any]:
         if all(word in line for word in words):
             found.append(proc)
     return found
+
+
+def still_running(procs: list[Any], timeout: float) -> list[Any]:
+    """Of ``procs``, those still running after up to ``timeout`` seconds. A zombie has
+    ended: an orphan's last parent is init, which reaps it in its own time (slowly in some
+    containers)."""
+    import psutil
+
+    def running(proc: Any) -> bool:
+        try:
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + timeout
+    left = [p for p in procs if running(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = [p for p in left if running(p)]
+    return left
 
 
 def damage_basket(path: Any, branch: str = "Muon_pt", basket: int = 1) -> tuple[int, int]:

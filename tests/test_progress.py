@@ -132,3 +132,22 @@ def test_a_result_is_shown_when_it_arrives_not_at_the_next_poll(fileset):
     assert result.processed.n_entries == sum(c.entries for c in chunks_of(prepared))
     first = next(t for t, done in times.shown if done)
     assert first < 2.5, times.shown  # not with the others (4 s), nor at the poll (30 s)
+
+
+def test_the_last_word_on_workers_is_counted_when_the_task_ends(fileset):
+    """Workers are counted every few seconds; a task that ends between two counts (a pool
+    that connected and finished at once) must not be reported with the count from before
+    its workers came."""
+    with IterativeBackend() as plain:
+        prepared = preprocess(fileset, plain, chunksize=3_000).fileset
+    work = Workload(ProcessorHandle.wrap(DimuonProcessor()), chunks_of(prepared))
+    counts = []
+
+    def count() -> int:  # none connected at the first count, two from then on
+        counts.append(time.monotonic())
+        return 0 if len(counts) == 1 else 2
+
+    recorder = RecordingReporter()
+    with IterativeBackend() as backend:
+        watch(backend.compute(work), "processing", recorder, workers=count, poll=0.01)
+    assert recorder.workers["processing"][-1] == 2, counts

@@ -20,7 +20,7 @@ from coffea_hpc.backends import ErrorPolicy
 from coffea_hpc.errors import ChunkFailedError
 from coffea_hpc.examples.dimuon import DimuonProcessor
 from coffea_hpc.runner import run
-from tests.helpers import assert_same, processes_mentioning, write_slow_processor
+from tests.helpers import assert_same, processes_mentioning, still_running, write_slow_processor
 
 
 class RecordingProcessor(DimuonProcessor):
@@ -201,7 +201,7 @@ def test_sigterm_on_a_parsl_run_leaves_no_process_behind(fileset_path, tmp_path)
     proc.send_signal(signal.SIGTERM)
     log = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 143, log[-2000:]
-    _, alive = psutil.wait_procs(started, timeout=30)
+    alive = still_running(started, timeout=30)
     assert not alive, [" ".join(p.cmdline()) for p in alive]
     assert 0 < load(checkpoint).processed.n_entries < 12_000
 

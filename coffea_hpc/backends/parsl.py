@@ -21,7 +21,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from coffea_hpc.backends._base import PoolBackend, run_element, warm_up
 from coffea_hpc.backends._watchdog import Watchdog
@@ -29,7 +29,8 @@ from coffea_hpc.backends.protocol import WorkElement
 from coffea_hpc.errors import BackendError
 from coffea_hpc.output import private_dir
 
-__all__ = ["ParslBackend", "local_htex_config", "python_launch_commands"]
+__all__ = ["ParslBackend", "WorkerStart", "local_htex_config", "pool_launch_command",
+           "python_launch_commands"]
 
 log = logging.getLogger(__name__)
 
@@ -43,26 +44,44 @@ _QUIET_INTERCHANGE = (
 the driver's terminal, and on a full disk each of its records printed a traceback there."""
 
 
-def python_launch_commands() -> dict[str, Any]:
+WorkerStart = Literal["forkserver", "spawn"]
+"""How a block's workers start: forked from one process that imported Parsl's pool and
+coffea-hpc's worker once (`coffea_hpc.backends._worker_pool`), or spawned by Parsl's own pool,
+each a fresh interpreter that imports everything itself."""
+
+_POOL_MODULES = {"forkserver": "coffea_hpc.backends._worker_pool",
+                 "spawn": "parsl.executors.high_throughput.process_worker_pool"}
+_POOL_COMMANDS = {"forkserver": "coffea-hpc-worker-pool", "spawn": "process_worker_pool.py"}
+
+
+def pool_launch_command(worker_start: WorkerStart = "forkserver", *,
+                        interpreter: str | None = None) -> str:
+    """HTEx's launch command for a block's worker pool: run by ``interpreter`` (a path) as
+    a module, or, without one, the pool's command found on the workers' PATH."""
+    from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
+
+    pool = (f"{interpreter} -m {_POOL_MODULES[worker_start]}" if interpreter
+            else _POOL_COMMANDS[worker_start])
+    return DEFAULT_LAUNCH_CMD.replace("process_worker_pool.py", pool, 1)
+
+
+def python_launch_commands(worker_start: WorkerStart = "forkserver") -> dict[str, Any]:
     """HTEx launch commands that use this interpreter, not whatever is first on PATH.
 
     HTEx starts ``interchange.py`` and ``process_worker_pool.py`` by name, which fails when
     the virtual environment's ``bin`` is not on PATH (a venv used without activating it).
     Running them as modules of this interpreter removes that trap on the local machine.
     """
-    from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
-
-    pool = f"{sys.executable} -m parsl.executors.high_throughput.process_worker_pool"
     return {
         "interchange_launch_cmd": [sys.executable, "-c", _QUIET_INTERCHANGE],
-        "launch_cmd": DEFAULT_LAUNCH_CMD.replace("process_worker_pool.py", pool, 1),
+        "launch_cmd": pool_launch_command(worker_start, interpreter=sys.executable),
     }
 
 
 _UNUSED_BY_LOCAL_POOLS = ("globus_compute_sdk",)
 
 
-def _lean_launch_commands(run_dir: Path) -> dict[str, Any]:
+def _lean_launch_commands(run_dir: Path, worker_start: WorkerStart) -> dict[str, Any]:
     """Launch commands that hide packages a local pool never uses from its processes.
 
     ``import parsl`` imports ``globus_compute_sdk`` when it is installed (for Parsl's
@@ -78,7 +97,7 @@ def _lean_launch_commands(run_dir: Path) -> dict[str, Any]:
             f"raise ImportError('{name} is hidden from local Parsl pools by coffea-hpc')\n")
     path = os.pathsep.join(p for p in (str(stubs.resolve()), os.environ.get("PYTHONPATH"))
                            if p)
-    commands = python_launch_commands()
+    commands = python_launch_commands(worker_start)
     # launch_cmd is a format string and a shell command: braces doubled, value quoted
     quoted = shlex.quote(path).replace("{", "{{").replace("}", "}}")
     return {
@@ -89,7 +108,7 @@ def _lean_launch_commands(run_dir: Path) -> dict[str, Any]:
 
 
 def local_htex_config(workers: int | None = None, run_dir: str | Path = "runinfo", *,
-                      encrypted: bool = True) -> Any:
+                      encrypted: bool = True, worker_start: WorkerStart = "forkserver") -> Any:
     """A HighThroughputExecutor on this machine, reachable only through loopback.
 
     Encrypted (CurveZMQ) unless told otherwise, here too: loopback keeps other machines
@@ -115,7 +134,7 @@ def local_htex_config(workers: int | None = None, run_dir: str | Path = "runinfo
         provider=LocalProvider(
             init_blocks=1, min_blocks=1, max_blocks=1, launcher=SingleNodeLauncher()
         ),
-        **_lean_launch_commands(run_dir),
+        **_lean_launch_commands(run_dir, worker_start),
     )
     return Config(
         executors=[executor],

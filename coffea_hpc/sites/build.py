@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from coffea_hpc.backends.parsl import python_launch_commands
+from coffea_hpc.backends.parsl import pool_launch_command, python_launch_commands
 from coffea_hpc.errors import MissingDependencyError, SiteError
 from coffea_hpc.sites.schema import ExecutorSpec, ProviderSpec, SiteConfig, walltime_seconds
 
@@ -136,7 +136,8 @@ def _htex(spec: ExecutorSpec, provider: Any, resolve: bool) -> Any:
     from parsl.executors import HighThroughputExecutor
 
     address = _address(spec, resolve)
-    extra: dict[str, Any] = python_launch_commands() if spec.python == "driver" else {}
+    extra: dict[str, Any] = (python_launch_commands(spec.worker_start) if spec.python == "driver"
+                             else {"launch_cmd": pool_launch_command(spec.worker_start)})
     if spec.port is not None:
         extra["worker_port_range"] = (spec.port, spec.port + 1)
     return HighThroughputExecutor(

@@ -69,6 +69,12 @@ class ExecutorSpec(_Strict):
         default="driver",
         description="workers use the driver's interpreter (driver) or the first python on "
                     "PATH after worker_init (path)")
+    worker_start: Literal["forkserver", "spawn"] = Field(
+        default="forkserver",
+        description="htex: a block's workers are forked from one process that imported "
+                    "Parsl and coffea once (forkserver: one import per node from the shared "
+                    "filesystem, not one per worker), or each is a fresh interpreter started "
+                    "by Parsl's own pool (spawn)")
     endpoint_id: str | None = None
     endpoint_config: dict[str, Any] = Field(
         default_factory=dict, description="user_endpoint_config sent with every Globus task "

@@ -77,3 +77,19 @@ def test_globus_sites_are_not_parsl_configs():
     site = SiteConfig(name="g", executor={"type": "globus", "endpoint_id": "abc"})
     with pytest.raises(SiteError, match="Globus Compute backend"):
         build_config(site, "RUN_DIR")
+
+
+@pytest.mark.parametrize(("python", "worker_start", "pool"), [
+    ("driver", "forkserver", " -m coffea_hpc.backends._worker_pool "),
+    ("driver", "spawn", " -m parsl.executors.high_throughput.process_worker_pool "),
+    ("path", "forkserver", "coffea-hpc-worker-pool "),
+    ("path", "spawn", "process_worker_pool.py "),
+])
+def test_a_site_chooses_how_its_workers_start(python, worker_start, pool, offline):
+    """Forked from one import (the default) or spawned by Parsl's own pool, with the
+    driver's interpreter or the first on the workers' PATH."""
+    site = SiteConfig(name="s", executor={"python": python, "worker_start": worker_start,
+                                          "address": "10.0.0.1"})
+    launch = build_config(site, "RUN_DIR").executors[0].launch_cmd
+    assert pool in launch
+    assert launch.startswith(pool.lstrip()) == (python == "path")

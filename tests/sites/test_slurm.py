@@ -11,7 +11,6 @@ import json
 import subprocess
 import time
 
-import psutil
 import pytest
 from coffea.util import load
 
@@ -22,7 +21,7 @@ from coffea_hpc.runner import run
 from coffea_hpc.sites import resolve_site
 from coffea_hpc.sites.check import check_site
 from coffea_hpc.sites.submit import job_record, job_state, render_job
-from tests.helpers import assert_same, processes_mentioning, write_slow_processor
+from tests.helpers import assert_same, processes_mentioning, still_running, write_slow_processor
 from tests.sites.conftest import slurm_diagnosis
 
 pytestmark = pytest.mark.slurm
@@ -155,7 +154,7 @@ def test_cancelling_a_running_driver_saves_its_work_and_leaves_nothing(
     interchanges = processes_mentioning("interchange")
     assert main(["cancel", job_id]) == 0
     assert _drained(job_id), _squeue()
-    _, alive = psutil.wait_procs(ours + interchanges, timeout=30)
+    alive = still_running(ours + interchanges, timeout=30)
     assert not alive, [" ".join(p.cmdline()) for p in alive]
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "interrupted"

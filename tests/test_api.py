@@ -163,7 +163,7 @@ class Probe(DimuonProcessor):
 '''
 
 
-def test_a_local_worker_pool_starts_before_the_analysis_is_imported(fileset_path, tmp_path):
+def test_a_local_parsl_pool_starts_before_the_analysis_is_imported(fileset_path, tmp_path):
     """The pool's chain of processes comes up beside the driver's imports (it is most of a
     small run's wait): the analysis, imported by the driver, finds Parsl's interchange
     already running."""

@@ -12,7 +12,8 @@ the exactly-once ledger, merging, progress, checkpoints and writing each chunk's
 local HighThroughputExecutor (32 workers) with a no-op processor over tiny chunks (of files
 with three branches, ``--data minimal``, or the tests' synthetic NanoAOD, ``--data small``) and
 compares chunks/s, once the workers are warm, with what Parsl's own ``parsl-perf`` measures
-on an executor of the same settings, in the same run.
+on an executor of the same settings, in the same run (``--worker-start spawn``: workers
+spawned by Parsl's own pool instead of forked from one import).
 
 Each size runs in a fresh process, so its peak resident memory is its own. Numbers, with the
 command that produced them, go to RESULTS-scale.md.
@@ -173,7 +174,7 @@ def write_minimal(folder: Path, files: int, entries: int) -> Path:
 
 
 def measure_parsl(files: int, chunks_per_file: int, workers: int, per_task: int,
-                  data: str = "minimal") -> dict:
+                  data: str = "minimal", worker_start: str = "forkserver") -> dict:
     """Parsl's own ``parsl-perf`` on a local HTEx, then coffea-hpc's chunks/s (its processing
     stage) over a local HTEx of the same settings, once its workers have imported what
     chunks need (what a cold start costs is `startup.py`'s to measure)."""
@@ -189,9 +190,10 @@ def measure_parsl(files: int, chunks_per_file: int, workers: int, per_task: int,
             fs = generate(Path(tmp) / "data", events_per_file=chunks_per_file * 10,
                           datasets=(SyntheticDataset("Tiny", "dy", files),),
                           basket_entries=10)
-        raw = _parsl_perf_rate(workers, Path(tmp))
+        raw = _parsl_perf_rate(workers, Path(tmp), worker_start)
         first = _FirstChunk()
-        backend = ParslBackend(local_htex_config(workers, Path(tmp) / "parsl"),
+        backend = ParslBackend(local_htex_config(workers, Path(tmp) / "parsl",
+                                                 worker_start=worker_start),  # type: ignore[arg-type]
                                workers=workers)
         with backend:
             for warming in backend._warm_ups:
@@ -205,6 +207,7 @@ def measure_parsl(files: int, chunks_per_file: int, workers: int, per_task: int,
     return {"chunks": chunks, "files": files, "backend": "parsl",
             "chunks_per_s": round(ours, 1), "parsl_perf_tasks_per_s": round(raw, 1),
             "ratio_to_parsl": round(ours / raw, 2), "data": data,
+            "worker_start": worker_start,
             "driver_peak_rss_bytes": peak_rss(),
             "first_chunk_s": round(first.seconds, 3) if first.seconds else None,
             "checkpoint_s": None, "stages_s": outcome.report["stages_s"]}
@@ -231,15 +234,16 @@ class _FirstChunk:
 PARSL_PERF_CONFIG = """
 from pathlib import Path
 from coffea_hpc.backends.parsl import local_htex_config
-config = local_htex_config({workers}, Path({run_dir!r}))
+config = local_htex_config({workers}, Path({run_dir!r}), worker_start={worker_start!r})
 """
 
 
-def _parsl_perf_rate(workers: int, folder: Path) -> float:
+def _parsl_perf_rate(workers: int, folder: Path, worker_start: str) -> float:
     """Parsl's own ``parsl-perf`` on the HTEx coffea-hpc starts locally (the same
     `local_htex_config`): the tasks/s of its last iteration, which lasts ~10 s."""
     config = folder / "parsl_perf_config.py"
-    config.write_text(PARSL_PERF_CONFIG.format(workers=workers, run_dir=str(folder / "perf")))
+    config.write_text(PARSL_PERF_CONFIG.format(workers=workers, run_dir=str(folder / "perf"),
+                                               worker_start=worker_start))
     perf = Path(sys.executable).with_name("parsl-perf")
     done = subprocess.run([str(perf), "--config", str(config), "--time", "10"],
                           capture_output=True, text=True, check=True, cwd=folder)
@@ -252,7 +256,7 @@ def _one(args: argparse.Namespace) -> dict:
     if args.backend == "sim":
         return measure_sim(args.files, args.chunks_per_file, args.workers, args.chunks_per_task)
     return measure_parsl(args.files, args.chunks_per_file, args.workers, args.chunks_per_task,
-                         args.data)
+                         args.data, args.worker_start)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks-per-task", type=int, default=1)
     parser.add_argument("--data", choices=("minimal", "small"), default="minimal",
                         help="parsl: files of 3 branches, or the tests' synthetic NanoAOD")
+    parser.add_argument("--worker-start", choices=("forkserver", "spawn"), default="forkserver",
+                        help="how the parsl backend's workers start (executor.worker_start)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -278,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         command = [sys.executable, __file__, "--one", "--files", str(files),
                    "--chunks-per-file", str(per_file), "--backend", args.backend,
                    "--workers", str(args.workers), "--chunks-per-task",
-                   str(args.chunks_per_task), "--data", args.data]
+                   str(args.chunks_per_task), "--data", args.data,
+                   "--worker-start", args.worker_start]
         done = subprocess.run(command, capture_output=True, text=True,
                               env={**os.environ, "PYTHONWARNINGS": "ignore"})
         if done.returncode != 0:

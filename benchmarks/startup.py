@@ -2,7 +2,7 @@
 on a processor waits for, many times a day.
 
     python benchmarks/startup.py --dir /tmp/startup [--rounds 5] [--via python,cli]
-        [--json .bench/startup.json]
+        [--against CHECKOUT] [--json .bench/startup.json]
 
 Each measurement is a fresh Python process: ``--via python`` calls `coffea_hpc.run`, the
 clock started before coffea-hpc is imported and read when the first chunk's result reaches
@@ -12,13 +12,16 @@ are read again when the run is over. The run: 40,000 NanoAOD-profile events in 8
 the example dimuon analysis, output written as `coffea-hpc run` writes it; coffea-hpc's
 bytecode compiled first, as an installed package has it. Medians over
 ``--rounds`` runs; each round runs the backends in turn, so load on the machine spreads over
-all of them.
+all of them. ``--against`` times another checkout of coffea-hpc too (a ``git worktree`` of
+an earlier commit), its runs alternating with this one's, and prints the median of the
+paired differences: this machine's speed drifts by 20 % from one hour to the next.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -65,18 +68,16 @@ def _dataset(folder: Path) -> Path:
     return fileset.save(folder / "fileset.json")
 
 
-def _bytecode() -> None:
+def _bytecode(env: dict[str, str]) -> None:
     """Compile coffea-hpc's modules as an installed package has them: in an environment with
     ``PYTHONDONTWRITEBYTECODE`` set, an editable install otherwise compiles them again in
     every process (the driver, the forkserver, each Parsl process), ~0.1-0.3 s each."""
-    import compileall
-
-    import coffea_hpc
-
-    compileall.compile_dir(Path(coffea_hpc.__file__).parent, quiet=1)
+    subprocess.run([sys.executable, "-c", "import compileall, pathlib, coffea_hpc; "
+                    "compileall.compile_dir(pathlib.Path(coffea_hpc.__file__).parent, quiet=1)"],
+                   check=True, env=env)
 
 
-def _command_line(backend: str, fileset: Path, out: Path) -> dict:
+def _command_line(backend: str, fileset: Path, out: Path, env: dict[str, str]) -> dict:
     """One run of ``coffea-hpc run``, as typed: its first chunk is when the first chunk
     ended on its worker (``chunks.jsonl``), a few milliseconds before the driver has it."""
     command = Path(sys.executable).with_name("coffea-hpc")
@@ -84,13 +85,24 @@ def _command_line(backend: str, fileset: Path, out: Path) -> dict:
     subprocess.run([str(command), "run", "coffea_hpc.examples.dimuon:DimuonProcessor",
                     "--fileset", str(fileset), "-o", str(out), "--executor", backend,
                     "--workers", "2", "--chunksize", "5000"],
-                   capture_output=True, text=True, check=True)
+                   capture_output=True, text=True, check=True, env=env)
     total = time.time() - began
     rows = [json.loads(line) for line in (out / "chunks.jsonl").read_text().splitlines()]
     stages = json.loads((out / "report.json").read_text())["stages_s"]
     return {"backend": backend, "first_chunk_s": min(r["end"] for r in rows) - began,
             "total_s": total, "start_s": stages.get("start"),
             "preprocessing_s": stages.get("preprocessing")}
+
+
+def _checkouts(against: Path | None) -> dict[str, tuple[Path, dict[str, str]]]:
+    """The code to time: this checkout, and with ``--against`` another one (a
+    ``git worktree`` of an earlier commit), imported first through PYTHONPATH."""
+    here = Path(__file__).resolve().parent.parent
+    found = {"this": (here, dict(os.environ))}
+    if against is not None:
+        other = against.resolve()
+        found["against"] = (other, {**os.environ, "PYTHONPATH": str(other)})
+    return found
 
 
 def main() -> None:
@@ -100,6 +112,9 @@ def main() -> None:
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--via", default="python,cli",
                         help="python (coffea_hpc.run in a fresh process), cli (coffea-hpc run)")
+    parser.add_argument("--against", type=Path,
+                        help="a checkout of other code (git worktree add DIR COMMIT), run in "
+                             "turn with this one, for paired differences")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -109,32 +124,42 @@ def main() -> None:
         return
 
     fileset = _dataset(args.dir)
-    _bytecode()
-    cases = [(via, b) for via in args.via.split(",") for b in args.backends.split(",")]
-    runs: dict[tuple[str, str], list[dict]] = {case: [] for case in cases}
+    checkouts = _checkouts(args.against)
+    for _, env in checkouts.values():
+        _bytecode(env)
+    cases = [(code, via, b) for via in args.via.split(",") for b in args.backends.split(",")
+             for code in checkouts]
+    runs: dict[tuple[str, str, str], list[dict]] = {case: [] for case in cases}
     for i in range(args.rounds):
-        for via, backend in cases:
-            out = args.dir / f"out-{via}-{backend}-{i}"
+        for code, via, backend in cases:
+            root, env = checkouts[code]
+            out = args.dir / f"out-{code}-{via}-{backend}-{i}"
             shutil.rmtree(out, ignore_errors=True)
             if via == "cli":
-                runs[via, backend].append(_command_line(backend, fileset, out))
+                runs[code, via, backend].append(_command_line(backend, fileset, out, env))
                 continue
             done = subprocess.run(
-                [sys.executable, __file__, "--_child", backend, str(fileset), str(out)],
-                capture_output=True, text=True, check=True)
-            runs[via, backend].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                [sys.executable, str(root / "benchmarks" / "startup.py"), "--_child", backend,
+                 str(fileset), str(out)], capture_output=True, text=True, check=True, env=env)
+            runs[code, via, backend].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    keys = ("first_chunk_s", "total_s", "start_s", "preprocessing_s")
     rows = []
-    for (via, backend), found in runs.items():
-        rows.append({"via": via, **{key: (statistics.median(r[key] for r in found)
-                                          if key != "backend" else backend)
-                                    for key in ("backend", "first_chunk_s", "total_s",
-                                                "start_s", "preprocessing_s")}})
-    print(f"{'via':<7} {'backend':<10} {'first chunk':>12} {'whole run':>10} {'start':>7} "
-          f"{'preprocess':>11}")
+    for (code, via, backend), found in runs.items():
+        row = {"code": code, "via": via, "backend": backend,
+               **{key: statistics.median(r[key] for r in found) for key in keys}}
+        if code == "against":
+            mine = runs["this", via, backend]
+            row["paired_first_chunk_s"] = statistics.median(
+                m["first_chunk_s"] - r["first_chunk_s"] for m, r in zip(mine, found, strict=True))
+        rows.append(row)
+    print(f"{'code':<8} {'via':<7} {'backend':<10} {'first chunk':>12} {'whole run':>10} "
+          f"{'start':>7} {'preprocess':>11}")
     for row in rows:
-        print(f"{row['via']:<7} {row['backend']:<10} {row['first_chunk_s']:>11.2f}s "
-              f"{row['total_s']:>9.2f}s {row['start_s']:>6.2f}s "
-              f"{row['preprocessing_s']:>10.2f}s")
+        paired = (f"   this - against: {row['paired_first_chunk_s']:+.2f}s"
+                  if "paired_first_chunk_s" in row else "")
+        print(f"{row['code']:<8} {row['via']:<7} {row['backend']:<10} "
+              f"{row['first_chunk_s']:>11.2f}s {row['total_s']:>9.2f}s {row['start_s']:>6.2f}s "
+              f"{row['preprocessing_s']:>10.2f}s{paired}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"results": rows, "rounds": args.rounds}, indent=1))

@@ -190,6 +190,9 @@ class SiteConfig(_Strict):
                 "type: htex (a worker per core), and large outputs are merged with MPI by "
                 "--reduce mpi on any executor")
         ex = self.executor
+        if ex.type != "htex" and ex.worker_start != "forkserver":  # a dump names the default
+            raise ValueError(f"executor.worker_start is how htex blocks start their workers; "
+                             f"a {ex.type} executor starts its own (leave it out)")
         if ex.type == "htex":
             if not ex.encrypted and not (ex.plaintext_reason or "").strip():
                 raise ValueError("executor.encrypted: false needs executor.plaintext_reason: "

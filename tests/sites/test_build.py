@@ -93,3 +93,11 @@ def test_a_site_chooses_how_its_workers_start(python, worker_start, pool, offlin
     launch = build_config(site, "RUN_DIR").executors[0].launch_cmd
     assert pool in launch
     assert launch.startswith(pool.lstrip()) == (python == "path")
+
+
+def test_worker_start_is_refused_where_it_would_do_nothing():
+    with pytest.raises(ValueError, match="worker_start is how htex blocks start"):
+        SiteConfig(name="s", executor={"type": "taskvine", "worker_start": "spawn"})
+    # what `coffea-hpc sites show` prints names the default, and reads back
+    shown = SiteConfig(name="s", executor={"type": "taskvine"}).model_dump(mode="json")
+    assert SiteConfig.model_validate(shown).executor.worker_start == "forkserver"

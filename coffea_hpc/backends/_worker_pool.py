@@ -16,15 +16,42 @@ as Parsl ships it.
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
+import os
 import runpy
+import sys
 from multiprocessing import forkserver
 
 POOL = "parsl.executors.high_throughput.process_worker_pool"
 PRELOAD = [POOL, "coffea_hpc.processing.worker"]
 
 
+_THREAD_COUNTS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def thread_limits(argv: list[str]) -> dict[str, str]:
+    """Thread counts for numerical libraries, set before the forkserver imports numpy.
+
+    A worker with CPU affinity (``--cpu-affinity`` other than none) is pinned to its own
+    cores, and Parsl's worker sets ``OMP_NUM_THREADS`` to their number before its first
+    task: a spawned worker imports numpy after that, a forked one has numpy from the
+    server already, its BLAS sized for the whole node. So the server starts with the
+    worker's share (its cores per worker), unless the environment says otherwise.
+    """
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("-c", "--cores_per_worker", default="1.0")
+    parser.add_argument("--cpu-affinity", default="none")
+    known, _ = parser.parse_known_args(argv)
+    if known.cpu_affinity == "none":
+        return {}
+    threads = str(max(1, int(float(known.cores_per_worker))))
+    return dict.fromkeys(_THREAD_COUNTS, threads)
+
+
 def main() -> None:
+    for name, value in thread_limits(sys.argv[1:]).items():
+        os.environ.setdefault(name, value)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     forkserver.ensure_running()  # its imports run beside this process's, just below

@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 
 from coffea_hpc.backends import make_backend
+from coffea_hpc.backends._worker_pool import thread_limits
 from coffea_hpc.backends.parsl import ParslBackend, local_htex_config, pool_launch_command
 from coffea_hpc.runner import run
 from tests.helpers import assert_same
@@ -71,3 +72,16 @@ def test_the_pool_command_found_on_path_forks_its_workers(tmp_path):
             backend.submit(_PARENT).result(timeout=60)).ppid())
         assert "coffea-hpc-worker-pool" in " ".join(pool.cmdline())
     assert "multiprocessing.forkserver" in command
+
+
+def test_pinned_workers_get_their_share_of_threads_before_numpy_is_imported(tmp_path):
+    """Forked workers have numpy from the server, imported before Parsl's worker sets
+    OMP_NUM_THREADS for its cores: the server starts with the worker's share instead."""
+    config = local_htex_config(1, tmp_path)
+    config.executors[0].cpu_affinity = "block"
+    read = functools.partial(eval, "__import__('os').environ.get('OPENBLAS_NUM_THREADS')")
+    with ParslBackend(config, workers=1) as backend:
+        assert backend.submit(read).result(timeout=120) == "1"
+    assert thread_limits(["-c", "2.0", "--cpu-affinity", "none"]) == {}
+    assert thread_limits(["--cert_dir", "x", "-c", "4", "--cpu-affinity", "block"]) == {
+        "OMP_NUM_THREADS": "4", "OPENBLAS_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}

@@ -39,14 +39,15 @@ def thread_limits(argv: list[str]) -> dict[str, str]:
     server already, its BLAS sized for the whole node. So the server starts with the
     worker's share (its cores per worker), unless the environment says otherwise.
     """
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     parser.add_argument("-c", "--cores_per_worker", default="1.0")
     parser.add_argument("--cpu-affinity", default="none")
-    known, _ = parser.parse_known_args(argv)
-    if known.cpu_affinity == "none":
-        return {}
-    threads = str(max(1, int(float(known.cores_per_worker))))
-    return dict.fromkeys(_THREAD_COUNTS, threads)
+    try:
+        known, _ = parser.parse_known_args(argv)
+        threads = str(max(1, int(float(known.cores_per_worker))))
+    except (argparse.ArgumentError, ValueError):
+        return {}  # Parsl's own parser says what is wrong with its arguments
+    return {} if known.cpu_affinity == "none" else dict.fromkeys(_THREAD_COUNTS, threads)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from coffea_hpc.backends._base import PoolBackend, run_element, warm_up
 from coffea_hpc.backends._watchdog import Watchdog
 from coffea_hpc.backends.protocol import WorkElement
-from coffea_hpc.errors import BackendError
+from coffea_hpc.errors import BackendError, UserError
 from coffea_hpc.output import private_dir
 
 __all__ = ["ParslBackend", "WorkerStart", "local_htex_config", "pool_launch_command",
@@ -256,6 +256,8 @@ class ParslBackend(PoolBackend):
 
         config = self._config
         local = config is None
+        if not local:
+            _refuse_a_spent_config(config)
         if local:
             run_dir = self._run_dir or Path("runinfo")
             config = local_htex_config(self._workers, run_dir)
@@ -303,6 +305,19 @@ class ParslBackend(PoolBackend):
         finally:
             self._dfk = None
             self._app = self._merge_app = None
+
+
+def _refuse_a_spent_config(config: Any) -> None:
+    """Parsl starts an executor once: a Config whose executors already served a
+    DataFlowKernel starts a second one on stopped executors, which may run and then hang
+    the process at exit. Said in one line instead (a notebook running run after run with
+    one Config is how it happens)."""
+    spent = [getattr(e, "label", "?") for e in getattr(config, "executors", ())
+             if getattr(e, "run_id", None) is not None]
+    if spent:
+        raise UserError(f"this Parsl Config already ran a DataFlowKernel (executor "
+                        f"{spent[0]!r}); Parsl starts an executor only once: build a new "
+                        "Config for each run")
 
 
 def _mute_logs_that_cannot_be_written(run_dir: Path) -> None:

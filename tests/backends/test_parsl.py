@@ -13,6 +13,7 @@ import pytest
 
 from coffea_hpc.backends import make_backend
 from coffea_hpc.backends.parsl import ParslBackend, local_htex_config
+from coffea_hpc.errors import UserError
 from coffea_hpc.runner import run
 from tests.helpers import RecordingReporter, processes_mentioning, still_running
 
@@ -140,3 +141,13 @@ def test_shutdown_is_bounded_when_the_interchange_is_gone(tmp_path, monkeypatch,
         time.sleep(0.5)
     assert not processes_mentioning("worker_pool", str(tmp_path))
     assert not psutil.pid_exists(interchange_pid)  # not even a zombie: it was reaped
+
+
+def test_a_parsl_config_that_already_ran_is_refused_in_one_line(tmp_path, fileset, dimuon):
+    """Parsl starts an executor once; a second run on the same Config object (a notebook,
+    run after run) used to start on stopped executors and hang the process at exit."""
+    config = local_htex_config(1, tmp_path / "parsl")
+    first = run(dimuon, fileset, backend=ParslBackend(config, workers=1), chunksize=3_000)
+    assert first.report["status"] == "complete"
+    with pytest.raises(UserError, match=r"already ran a DataFlowKernel .*'coffea-hpc-local'"):
+        run(dimuon, fileset, backend=ParslBackend(config, workers=1), chunksize=3_000)

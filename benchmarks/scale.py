@@ -31,10 +31,12 @@ import tempfile
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+
+from coffea_hpc.backends.parsl import WorkerStart  # noqa: E402  (no Parsl imported)
 
 DEFAULT_SIZES = ((1_000, 10), (10_000, 10), (100_000, 10))
 ENTRIES_PER_CHUNK = 1_000
@@ -174,7 +176,7 @@ def write_minimal(folder: Path, files: int, entries: int) -> Path:
 
 
 def measure_parsl(files: int, chunks_per_file: int, workers: int, per_task: int,
-                  data: str = "minimal", worker_start: str = "forkserver") -> dict:
+                  data: str = "minimal", worker_start: WorkerStart = "forkserver") -> dict:
     """Parsl's own ``parsl-perf`` on a local HTEx, then coffea-hpc's chunks/s (its processing
     stage) over a local HTEx of the same settings, once its workers have imported what
     chunks need (what a cold start costs is `startup.py`'s to measure)."""
@@ -193,7 +195,7 @@ def measure_parsl(files: int, chunks_per_file: int, workers: int, per_task: int,
         raw = _parsl_perf_rate(workers, Path(tmp), worker_start)
         first = _FirstChunk()
         backend = ParslBackend(local_htex_config(workers, Path(tmp) / "parsl",
-                                                 worker_start=worker_start),  # type: ignore[arg-type]
+                                                 worker_start=worker_start),
                                workers=workers)
         with backend:
             for warming in backend._warm_ups:
@@ -238,7 +240,7 @@ config = local_htex_config({workers}, Path({run_dir!r}), worker_start={worker_st
 """
 
 
-def _parsl_perf_rate(workers: int, folder: Path, worker_start: str) -> float:
+def _parsl_perf_rate(workers: int, folder: Path, worker_start: WorkerStart) -> float:
     """Parsl's own ``parsl-perf`` on the HTEx coffea-hpc starts locally (the same
     `local_htex_config`): the tasks/s of its last iteration, which lasts ~10 s."""
     config = folder / "parsl_perf_config.py"
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks-per-task", type=int, default=1)
     parser.add_argument("--data", choices=("minimal", "small"), default="minimal",
                         help="parsl: files of 3 branches, or the tests' synthetic NanoAOD")
-    parser.add_argument("--worker-start", choices=("forkserver", "spawn"), default="forkserver",
+    parser.add_argument("--worker-start", choices=get_args(WorkerStart), default="forkserver",
                         help="how the parsl backend's workers start (executor.worker_start)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)

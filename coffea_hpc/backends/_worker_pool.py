@@ -22,6 +22,12 @@ import os
 import runpy
 import sys
 from multiprocessing import forkserver
+from typing import Literal
+
+WorkerStart = Literal["forkserver", "spawn"]
+"""How a block's workers start: forked from one process that imported Parsl's pool and
+coffea-hpc's worker once (this module), or spawned by Parsl's own pool (`POOL`), each a
+fresh interpreter that imports everything itself."""
 
 POOL = "parsl.executors.high_throughput.process_worker_pool"
 PRELOAD = [POOL, "coffea_hpc.processing.worker"]

@@ -21,8 +21,9 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from coffea_hpc.backends import _worker_pool
 from coffea_hpc.backends._base import PoolBackend, run_element, warm_up
 from coffea_hpc.backends._watchdog import Watchdog
 from coffea_hpc.backends.protocol import WorkElement
@@ -44,13 +45,9 @@ _QUIET_INTERCHANGE = (
 the driver's terminal, and on a full disk each of its records printed a traceback there."""
 
 
-WorkerStart = Literal["forkserver", "spawn"]
-"""How a block's workers start: forked from one process that imported Parsl's pool and
-coffea-hpc's worker once (`coffea_hpc.backends._worker_pool`), or spawned by Parsl's own pool,
-each a fresh interpreter that imports everything itself."""
+WorkerStart = _worker_pool.WorkerStart
 
-_POOL_MODULES = {"forkserver": "coffea_hpc.backends._worker_pool",
-                 "spawn": "parsl.executors.high_throughput.process_worker_pool"}
+_POOL_MODULES = {"forkserver": _worker_pool.__name__, "spawn": _worker_pool.POOL}
 _POOL_COMMANDS = {"forkserver": "coffea-hpc-worker-pool", "spawn": "process_worker_pool.py"}
 
 
@@ -256,16 +253,16 @@ class ParslBackend(PoolBackend):
 
         config = self._config
         local = config is None
-        if not local:
-            _refuse_a_spent_config(config)
         if local:
             run_dir = self._run_dir or Path("runinfo")
             config = local_htex_config(self._workers, run_dir)
             # its block is launched below as soon as the interchange is up, not at the
             # strategy's first poll (half a second later)
             config.executors[0].provider.init_blocks = 0
-        elif self._run_dir is not None:
-            config.run_dir = str(self._run_dir)
+        else:
+            _refuse_a_spent_config(config)
+            if self._run_dir is not None:
+                config.run_dir = str(self._run_dir)
         private_dir(config.run_dir)  # logs and the CurveZMQ certificates: the user's alone
         try:
             self._dfk = DataFlowKernel(config)

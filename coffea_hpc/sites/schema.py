@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from coffea_hpc.backends._worker_pool import WorkerStart
+
 __all__ = ["ExecutorSpec", "ProviderSpec", "SiteConfig", "SubmitSpec", "walltime_seconds"]
 
 ExecutorType = Literal["htex", "mpi", "taskvine", "workqueue", "globus", "threadpool"]
@@ -69,7 +71,7 @@ class ExecutorSpec(_Strict):
         default="driver",
         description="workers use the driver's interpreter (driver) or the first python on "
                     "PATH after worker_init (path)")
-    worker_start: Literal["forkserver", "spawn"] = Field(
+    worker_start: WorkerStart = Field(
         default="forkserver",
         description="htex: a block's workers are forked from one process that imported "
                     "Parsl and coffea once (forkserver: one import per node from the shared "

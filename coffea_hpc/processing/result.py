@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import operator
 import traceback as tb
-from collections.abc import Hashable, MutableMapping, MutableSet
+from collections.abc import Hashable, Mapping, MutableMapping, MutableSet
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -146,22 +146,29 @@ def _add(a: Any, b: Any) -> Any:
 
 
 def _iadd(a: Any, b: Any) -> Any:
+    # plain dicts and sets, the common case, are told apart by their type first: the same
+    # rules (neither has ``__add__``), without the abstract-class checks that took a
+    # tenth of a driver's time per chunk
+    if type(a) is dict and type(b) is dict:
+        return _iadd_mapping(a, b)
     if hasattr(a, "__add__") and hasattr(b, "__add__"):
         return operator.iadd(a, b)
-    if isinstance(a, MutableSet) and isinstance(b, MutableSet):
+    if (type(a) is set or isinstance(a, MutableSet)) and \
+            (type(b) is set or isinstance(b, MutableSet)):
         return operator.ior(a, b)
     if isinstance(a, MutableMapping) and isinstance(b, MutableMapping):
         if not isinstance(b, type(a)):
             raise ValueError(f"Cannot add two mappings of incompatible type ({type(a)} vs. "
                              f"{type(b)})")
-        new = [key for key in b if key not in a]
-        for key in a:
-            if key in b:
-                a[key] = _iadd(a[key], b[key])
-        for key in new:
-            a[key] = copy.deepcopy(b[key])
-        return a
+        return _iadd_mapping(a, b)
     raise ValueError(f"Cannot add accumulators of incompatible type ({type(a)} vs. {type(b)})")
+
+
+def _iadd_mapping(a: MutableMapping[Any, Any], b: Mapping[Any, Any]) -> MutableMapping[Any, Any]:
+    """b's keys only: a running sum keyed by dataset is not walked whole for every chunk."""
+    for key in b:
+        a[key] = _iadd(a[key], b[key]) if key in a else copy.deepcopy(b[key])
+    return a
 
 
 @dataclass
@@ -183,6 +190,7 @@ class Result:
     """What the worker measured per chunk (`coffea_hpc.processing.measure`): read by the
     driver as the result arrives, never added up (``+`` and `absorb` drop it)."""
     _owned: bool = field(default=False, repr=False, compare=False)
+    _owned_metrics: bool = field(default=False, repr=False, compare=False)
 
     @property
     def is_empty(self) -> bool:
@@ -207,17 +215,35 @@ class Result:
         """Fold ``other`` into this result in place and return it.
 
         The first fold copies, so an object the processor handed out (and may still hold)
-        is never mutated; later folds reuse the running sum.
+        is never mutated; later folds reuse the running sum. The metrics are folded in
+        place too: among them is the set of files read, which grows with the run, and
+        adding it up afresh for every result made a driver's cost per chunk grow with the
+        number of files.
         """
         if self.processed is other.processed:
             self.processed = EntryRanges()  # never update a ledger shared with ``other``
         self.processed.update(other.processed)  # checks overlap before any mutation
-        was_empty = self.value is None
-        self.value = merge_values(self.value, other.value, in_place=self._owned)
-        self._owned = not was_empty
-        self.metrics = merge_values(self.metrics or None, other.metrics or None) or {}
+        if other.value is not None:  # nothing to add: the value stays as it is, and whose
+            was_empty = self.value is None
+            self.value = merge_values(self.value, other.value, in_place=self._owned)
+            self._owned = not was_empty
+        self._absorb_metrics(other.metrics)
         self.failures = self.failures + other.failures
         return self
 
+    def _absorb_metrics(self, metrics: dict[str, Any]) -> None:
+        if not metrics:
+            return
+        if not self.metrics:
+            self.metrics = copy.deepcopy(metrics)  # one result's worth: small
+        else:
+            if not self._owned_metrics:  # once: it may be a dict someone else holds
+                self.metrics = copy.deepcopy(self.metrics)
+            self.metrics = merge_values(self.metrics, metrics, in_place=True)
+        self._owned_metrics = True
+
     def without_failures(self) -> Result:
-        return replace(self, failures=(), unattempted=(), chunk_rows=())
+        """This result without its failures, sharing its value and metrics: folding into
+        it copies them first, as for anything not its own."""
+        return replace(self, failures=(), unattempted=(), chunk_rows=(), _owned=False,
+                       _owned_metrics=False)

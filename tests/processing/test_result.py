@@ -38,10 +38,38 @@ def test_absorb_never_mutates_what_the_processor_handed_out():
     shared = {"n": 1}
     acc = Result()
     acc.absorb(_result(0, 1, shared))
+    acc.absorb(Result(metrics={"read_from": {("/f.root", "local")}}))  # no output to add
     acc.absorb(_result(1, 2, {"n": 5}))
     acc.absorb(_result(2, 3, {"n": 7}))
     assert shared == {"n": 1}
     assert acc.value == {"n": 13}
+
+
+def test_absorb_folds_metrics_in_place_so_a_chunk_costs_the_same_late_in_a_run():
+    # the driver folds every chunk's metrics, among them the set of files read: added up
+    # afresh each time, it was copied whole per chunk, a cost growing with the files read
+    def chunk(i: int) -> Result:
+        return Result(value={"n": 1}, processed=EntryRanges.of(("d", f"/f{i}.root", "E"), 0, 1),
+                      metrics={"read_from": {(f"/f{i}.root", "local")}, "entries": 1,
+                               "columns": {"Muon_pt"}})
+
+    handed = [chunk(i) for i in range(4)]
+    first_files = handed[0].metrics["read_from"]
+    acc = Result()
+    acc.absorb(handed[0]).absorb(handed[1])
+    files = acc.metrics["read_from"]
+    for part in handed[2:]:
+        acc.absorb(part)
+    assert acc.metrics["read_from"] is files  # the same set, grown: not a copy per chunk
+    assert files == {(f"/f{i}.root", "local") for i in range(4)}
+    assert acc.metrics["entries"] == 4 and acc.metrics["columns"] == {"Muon_pt"}
+    assert first_files == {("/f0.root", "local")}  # what was handed in is untouched
+    assert [len(p.metrics["read_from"]) for p in handed] == [1, 1, 1, 1]
+
+    view = acc.without_failures()  # shares the sum: folding into it must not change it
+    view.absorb(chunk(9))
+    assert len(acc.metrics["read_from"]) == 4 and acc.metrics["entries"] == 4
+    assert len(view.metrics["read_from"]) == 5
 
 
 def test_overlapping_results_cannot_be_added():

@@ -17,6 +17,13 @@ Checkpoints are written as work gets done, not only as time passes: every 5 % of
 or every ``interval`` seconds, whichever comes first, but never so often that writing them
 takes more than a small share of the driver's time.
 
+A checkpoint costs what changed since the last one. After a whole one, a run writes
+*updates* (``OUT/.coffea-hpc/updates/GENERATION.N``): the entries of the output that the
+chunks since touched (`coffea_hpc.processing.changes`), their trees' ledger and the metrics
+they added, signed like the checkpoint and tied to it by its generation. A resume applies
+them in order. Once the updates together are as large as the checkpoint, the next one is
+whole again and the updates go.
+
 Two runs writing into one output directory would both do all the work and overwrite each
 other's checkpoint, so a run holds `OutputLock` on its directory from start to end.
 """
@@ -39,6 +46,7 @@ import socket
 import struct
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -52,9 +60,11 @@ from coffea_hpc import output as files
 from coffea_hpc._signing import KEY_NAME, RUN_DIR_NAME, RunKey
 from coffea_hpc.data.chunks import Chunk
 from coffea_hpc.data.fileset import Fileset
+from coffea_hpc.data.ranges import EntryRanges
 from coffea_hpc.errors import UserError
+from coffea_hpc.processing.changes import Changes, OutputPath
 from coffea_hpc.processing.processor import ProcessorHandle
-from coffea_hpc.processing.result import Result
+from coffea_hpc.processing.result import Result, merge_values
 
 __all__ = [
     "Checkpointer",
@@ -71,6 +81,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "lock"
+UPDATES_NAME = "updates"
 
 _HEADER_SIZE = 4096
 _SKIPPABLE_MAGIC = 0x184D2A5C  # an LZ4 skippable frame: LZ4 readers step over it
@@ -273,28 +284,50 @@ def _tag(key: bytes, record: bytes, payload_sha: bytes) -> bytes:
     return hmac.new(key, _PREFIX + record + payload_sha, hashlib.sha256).digest()
 
 
-def write_checkpoint(result: Result, path: Path, provenance: Mapping[str, Any]) -> Path:
+def write_checkpoint(result: Result, path: Path, provenance: Mapping[str, Any], *,
+                     generation: str | None = None) -> Path:
     """Write ``result`` to ``path`` atomically, with ``provenance`` and the checksum that
     makes it trustworthy to `open_checkpoint` (and only there: a copy in another output
-    directory has another key)."""
+    directory has another key). ``generation`` names it for the updates that follow it."""
     path = Path(path)
-    key = _key(path.parent, create=True)
+    _write_signed(result, path, key_dir=path.parent, record={
+        "provenance": dict(provenance), "entries": result.processed.n_entries,
+        "generation": generation or uuid.uuid4().hex})
+    return path
+
+
+@dataclass
+class _Update:
+    """What changed since the checkpoint or update before: the output's entries touched
+    (their totals, set in place), the ledger of the trees extended, the metrics added."""
+
+    values: list[tuple[OutputPath, Any]]
+    trees: EntryRanges
+    metrics: dict[str, Any]
+
+
+def _updates_dir(checkpoint: Path) -> Path:
+    return checkpoint.parent / RUN_DIR_NAME / UPDATES_NAME
+
+
+def _write_signed(payload: Any, path: Path, *, key_dir: Path, record: dict[str, Any]) -> int:
+    """Write ``payload`` with its signed header; returns the bytes written."""
+    key = _key(key_dir, create=True)
     assert key is not None
-    record = json.dumps({"provenance": dict(provenance),
-                         "entries": result.processed.n_entries,
-                         "written": datetime.now(timezone.utc).isoformat()}).encode()
-    if len(record) > _RECORD_SIZE:
-        raise ValueError(f"checkpoint record too long ({len(record)} bytes)")
-    record = record.ljust(_RECORD_SIZE)
+    record["written"] = datetime.now(timezone.utc).isoformat()
+    text = json.dumps(record).encode()
+    if len(text) > _RECORD_SIZE:
+        raise ValueError(f"checkpoint record too long ({len(text)} bytes)")
+    text = text.ljust(_RECORD_SIZE)
     with files.atomic_write(path) as raw:
         raw.write(bytes(_HEADER_SIZE))  # the header, once the payload's hash is known
         hashing = _Hashing(raw)
         with lz4.frame.open(hashing, "wb") as out:
-            cloudpickle.dump(result, files._SlicedWriter(out))
+            cloudpickle.dump(payload, files._SlicedWriter(out))
         raw.seek(0)
-        raw.write(_PREFIX + _tag(key, record, hashing.sha.digest()) + record)
-        raw.seek(0, os.SEEK_END)
-    return path
+        raw.write(_PREFIX + _tag(key, text, hashing.sha.digest()) + text)
+        size = raw.seek(0, os.SEEK_END)
+    return size
 
 
 @dataclass
@@ -306,6 +339,12 @@ class SavedCheckpoint:
     provenance: dict[str, Any]
     entries: int
     _file: IO[bytes] = field(repr=False)
+    generation: str | None = None
+    """Names the checkpoint for its updates; and, for an update, which it follows."""
+    update: int | None = None
+    """For an update, its place in the order."""
+    updates: list[tuple[Path, IO[bytes]]] = field(default_factory=list, repr=False)
+    """The updates written after it, in order, verified as it was."""
 
     def check(self, now: Mapping[str, Any]) -> None:
         """Raise `UserError` naming, in one line, everything in ``now`` that differs from
@@ -319,13 +358,16 @@ class SavedCheckpoint:
         """The result; with ``spills``, the partials it refers to (spill files) are checked
         to be signed with that key before the run relies on them."""
         try:
-            self._file.seek(_HEADER_SIZE)
-            with lz4.frame.open(self._file, "rb") as src:
-                loaded = cloudpickle.load(src)
+            loaded = _unpickle(self._file)
+            if not isinstance(loaded, Result):  # verified, so written by a coffea-hpc run
+                raise UserError(f"{self.path} is not a coffea-hpc checkpoint")
+            for path, src in self.updates:
+                update = _unpickle(src)
+                if not isinstance(update, _Update):
+                    raise UserError(f"{path} is not a coffea-hpc checkpoint update")
+                _apply(update, loaded)
         finally:
-            self._file.close()
-        if not isinstance(loaded, Result):  # verified, so written by a coffea-hpc run
-            raise UserError(f"{self.path} is not a coffea-hpc checkpoint")
+            self.close()
         if spills is not None:
             from coffea_hpc.errors import MergeError
             from coffea_hpc.reduction.spill import SpilledRef, SpillSet, check_spilled
@@ -344,6 +386,24 @@ class SavedCheckpoint:
 
     def close(self) -> None:
         self._file.close()
+        for _, src in self.updates:
+            src.close()
+
+
+def _unpickle(src: IO[bytes]) -> Any:
+    src.seek(_HEADER_SIZE)
+    with lz4.frame.open(src, "rb") as frames:
+        return cloudpickle.load(frames)
+
+
+def _apply(update: _Update, result: Result) -> None:
+    for where, value in update.values:
+        outer = result.value
+        for step in where[:-1]:
+            outer = outer[step]
+        outer[where[-1]] = value
+    result.processed.replace(update.trees)
+    result.absorb(Result(metrics=update.metrics))
 
 
 def open_checkpoint(path: Path | None) -> SavedCheckpoint | None:
@@ -362,12 +422,46 @@ def open_checkpoint(path: Path | None) -> SavedCheckpoint | None:
     except BaseException:
         src.close()
         raise
+    try:
+        _open_updates(saved)
+    except BaseException:
+        saved.close()
+        raise
     return saved
 
 
-def _verified(src: IO[bytes], path: Path) -> SavedCheckpoint:
+def _open_updates(saved: SavedCheckpoint) -> None:
+    generation = saved.generation
+    folder = _updates_dir(saved.path)
+    if generation is None or not folder.is_dir():
+        return
+    numbered: dict[int, Path] = {}
+    for item in folder.iterdir():
+        name, _, number = item.name.partition(".")
+        if name == generation and number.isdigit():
+            numbered[int(number)] = item
+    for n in range(1, len(numbered) + 1):
+        if n not in numbered:
+            raise UserError(f"checkpoint update {folder / f'{generation}.{n}'} is missing "
+                            f"(later ones are there): rerun without --resume to start afresh")
+        src = open(numbered[n], "rb")  # noqa: SIM115 - stays open until `load`
+        try:
+            record = _verified(src, numbered[n], what="checkpoint update",
+                               key_dir=saved.path.parent)
+        except BaseException:
+            src.close()
+            raise
+        saved.updates.append((numbered[n], src))
+        if record.generation != generation or record.update != n:
+            raise UserError(f"checkpoint update {numbered[n]} is damaged (it names another "
+                            "checkpoint): rerun without --resume to start afresh")
+        saved.entries = record.entries
+
+
+def _verified(src: IO[bytes], path: Path, *, what: str = "checkpoint",
+              key_dir: Path | None = None) -> SavedCheckpoint:
     def damaged(why: str) -> UserError:
-        return UserError(f"checkpoint {path} is damaged ({why}): rerun without --resume to "
+        return UserError(f"{what} {path} is damaged ({why}): rerun without --resume to "
                          "start afresh")
 
     header = src.read(_HEADER_SIZE)
@@ -375,10 +469,11 @@ def _verified(src: IO[bytes], path: Path) -> SavedCheckpoint:
         raise damaged("truncated")
     if not header.startswith(_PREFIX):
         raise damaged("not a checkpoint of this coffea-hpc version, or its header is broken")
-    key = _key(path.parent, create=False)
+    key_dir = path.parent if key_dir is None else key_dir
+    key = _key(key_dir, create=False)
     if key is None:
-        key_path = path.parent / RUN_DIR_NAME / KEY_NAME
-        raise UserError(f"checkpoint {path} cannot be verified (its key {key_path} is "
+        key_path = key_dir / RUN_DIR_NAME / KEY_NAME
+        raise UserError(f"{what} {path} cannot be verified (its key {key_path} is "
                         "missing): rerun without --resume to start afresh")
     tag = header[len(_PREFIX):len(_PREFIX) + _TAG_SIZE]
     record = header[len(_PREFIX) + _TAG_SIZE:]
@@ -388,7 +483,8 @@ def _verified(src: IO[bytes], path: Path) -> SavedCheckpoint:
     if not hmac.compare_digest(tag, _tag(key, record, sha.digest())):
         raise damaged("checksum mismatch")
     meta = json.loads(record)  # verified: written by this directory's runs
-    return SavedCheckpoint(path, meta["provenance"], meta["entries"], src)
+    return SavedCheckpoint(path, meta["provenance"], meta["entries"], src,
+                           meta.get("generation"), meta.get("update"))
 
 
 # -- when to write -------------------------------------------------------------------------
@@ -402,6 +498,9 @@ class Checkpointer:
     whichever comes first, once there is new work to save; and never sooner than
     ``min_spacing`` seconds, nor than twenty times the last write took, so that writing
     checkpoints costs at most a few percent of the driver's time however large they are.
+
+    The first is whole; then, while the task tells what changed (``take_changes``) and the
+    output is a mapping, updates follow it, until they add up to its size.
     """
 
     path: Path | None
@@ -414,6 +513,20 @@ class Checkpointer:
     _last: float = field(default_factory=time.monotonic)
     _last_done: int = 0
     _cost: float = 0.0
+    _generation: str | None = None
+    """The whole checkpoint this run wrote last, while updates may follow it."""
+    _updates: int = 0
+    _whole_bytes: int = 0
+    _update_bytes: int = 0
+    _saved_keys: frozenset[Any] = frozenset()
+    """The output's keys as last saved: an update sets entries inside those in place."""
+    _base_counted: tuple[EntryRanges, int] | None = None
+    """``base``'s ledger and its entries, counted once (a walk over every file)."""
+
+    def _base_entries(self) -> int:
+        if self._base_counted is None or self._base_counted[0] is not self.base.processed:
+            self._base_counted = (self.base.processed, self.base.processed.n_entries)
+        return self._base_counted[1]
 
     def due(self, done: int, total: int) -> bool:
         if done <= self._last_done:
@@ -430,10 +543,16 @@ class Checkpointer:
         if not self.due(progress.done, progress.total):
             return
         garbage = getattr(task, "take_garbage", list)()
+        take_changes = getattr(task, "take_changes", None)
         if self.path is not None:
             current = getattr(task, "current_result", None)  # no copy, no remaining work
-            self.write(current() if current is not None else task.partial_result()[0])
+            partial = current() if current is not None else task.partial_result()[0]
+            changes = take_changes() if take_changes is not None else None  # after `current`
+            if changes is None or not self.write_update(partial, changes):
+                self.write(partial)
         else:
+            if take_changes is not None:
+                take_changes()  # nothing keeps them
             self._last = time.monotonic()
         self._last_done = progress.done
         # merged-away partials go only once a checkpoint no longer refers to them
@@ -449,10 +568,102 @@ class Checkpointer:
         if self.path is None:
             return
         started = time.monotonic()
-        write_checkpoint(total, self.path, self.provenance)
+        self._generation = None  # were this to fail, no update may follow the old one
+        generation = uuid.uuid4().hex
+        write_checkpoint(total, self.path, self.provenance, generation=generation)
+        self._generation, self._updates, self._update_bytes = generation, 0, 0
+        self._whole_bytes = self.path.stat().st_size
+        value = total.value
+        self._saved_keys = frozenset(value) if isinstance(value, Mapping) else frozenset()
+        self._remove_updates(keep=generation)
+        self._wrote(started, "checkpoint written to %s (%.2f s)", self.path)
+
+    def write_update(self, partial: Result, changes: Changes) -> bool:
+        """Write what ``changes`` says changed of ``base + partial``, if an update can say
+        it; False if the next checkpoint must be whole."""
+        base, value = self.base.value, partial.value
+        if (self.path is None or self._generation is None or changes.unknown
+                or self._update_bytes >= self._whole_bytes
+                or not isinstance(base, Mapping | None)
+                or not isinstance(value, Mapping | None)
+                or (base is None and value is None)):
+            return False
+        started = time.monotonic()
+        trees = partial.processed.of_trees(changes.trees)
+        if self.base.processed:  # resumed: the trees' ranges from before, too
+            trees = self.base.processed.of_trees(changes.trees) + trees
+        update = _Update(self._entries_changed(base, value, changes.paths), trees,
+                         changes.metrics.metrics)
+        number = self._updates + 1
+        generation, self._generation = self._generation, None
+        try:
+            path = files.private_dir(_updates_dir(self.path)) / f"{generation}.{number}"
+            self._update_bytes += _write_signed(update, path, key_dir=self.path.parent, record={
+                "provenance": dict(self.provenance), "generation": generation,
+                "update": number,
+                "entries": self._base_entries() + partial.processed.n_entries})
+        except OSError as err:  # a full disk: named as the checkpoint, which the user knows
+            raise _naming(err, self.path) from err
+        self._generation, self._updates = generation, number
+        self._saved_keys = self._saved_keys | {*(value or ())}
+        self._wrote(started, "checkpoint update written to %s (%.2f s)", path)
+        return True
+
+    def _entries_changed(self, base: Mapping[Any, Any] | None, value: Mapping[Any, Any] | None,
+                         paths: set[OutputPath]) -> list[tuple[OutputPath, Any]]:
+        """The totals of the entries at ``paths``, in the output's order; an entry new
+        since the last save is written whole."""
+        whole: set[Any] = set()
+        inner: dict[Any, set[Any]] = {}
+        for where in paths:
+            if len(where) == 1 or where[0] not in self._saved_keys:
+                whole.add(where[0])
+            else:
+                inner.setdefault(where[0], set()).add(where[1])
+        out: list[tuple[OutputPath, Any]] = []
+        for key in _keys(base, value):
+            if key in whole:
+                out.append(((key,), _total(base, value, key)))
+            elif key in inner:
+                below_base = None if base is None else base.get(key)
+                below = None if value is None else value.get(key)
+                out.extend(((key, name), _total(below_base, below, name))
+                           for name in _keys(below_base, below) if name in inner[key])
+        return out
+
+    def _wrote(self, started: float, message: str, path: Path) -> None:
         self._last = time.monotonic()
         self._cost = self._last - started
-        log.info("checkpoint written to %s (%.2f s)", self.path, self._cost)
+        log.info(message, path, self._cost)
+
+    def _remove_updates(self, keep: str | None = None) -> None:
+        assert self.path is not None
+        with contextlib.suppress(FileNotFoundError):
+            for item in _updates_dir(self.path).iterdir():
+                if keep is None or not item.name.startswith(f"{keep}."):
+                    with contextlib.suppress(FileNotFoundError):
+                        item.unlink()
+
+    def clear(self) -> None:
+        """The run is complete: its checkpoint and updates go."""
+        if self.path is None:
+            return
+        self.path.unlink(missing_ok=True)
+        self._remove_updates()
+        self._generation = None
+
+
+def _keys(base: Mapping[Any, Any] | None, value: Mapping[Any, Any] | None) -> list[Any]:
+    """The keys of ``base + value`` in the order the sum has them."""
+    keys = list(base or ())
+    if value:
+        keys.extend(key for key in value if base is None or key not in base)
+    return keys
+
+
+def _total(base: Mapping[Any, Any] | None, value: Mapping[Any, Any] | None, key: Any) -> Any:
+    return merge_values(None if base is None else base.get(key),
+                        None if value is None else value.get(key))
 
 
 # -- one run per output directory -----------------------------------------------------------

@@ -302,8 +302,7 @@ def run(
                         remote.location)
         if out_dir is not None:
             _write_report(out_dir, summary)
-            if checkpoint_path is not None:
-                checkpoint_path.unlink(missing_ok=True)
+            checkpoint.clear()
         if getattr(backend, "remote_storage", None) is None:
             # everything in this run's spill folder is merged now (or orphaned by a merge that
             # was still running when an earlier attempt stopped)

@@ -24,7 +24,7 @@ import pytest
 from coffea.util import load
 
 from coffea_hpc.backends import ErrorPolicy
-from coffea_hpc.checkpoint import open_checkpoint, write_checkpoint
+from coffea_hpc.checkpoint import Checkpointer, open_checkpoint, write_checkpoint
 from coffea_hpc.errors import ChunkFailedError, UserError
 from coffea_hpc.processing.result import Result
 from coffea_hpc.runner import run
@@ -611,24 +611,32 @@ def test_checkpoints_write_the_running_sum_as_it_stands_without_copying_it(
             return _real(self, *args, **kwargs)
 
         monkeypatch.setattr(FutureTask, name, spy)
-    written: list[tuple[int, int]] = []
-    real_write = checkpoint_module.write_checkpoint
+    written: list[tuple[str, int, int]] = []
+    real_write = checkpoint_module._write_signed
+    out = tmp_path / "out"
 
-    def record(result, path, provenance):
-        counted = sum(flow["all"] for flow in result.value["cutflow"].values())
-        written.append((counted, result.processed.n_entries))
-        return real_write(result, path, provenance)
+    def record(payload, path, **kwargs):
+        size = real_write(payload, path, **kwargs)
+        # what a resume would load now: the checkpoint and the updates that follow it
+        saved = open_checkpoint(out / "checkpoint.coffea").load()
+        counted = sum(flow["all"] for flow in saved.value["cutflow"].values())
+        kind = "whole" if isinstance(payload, Result) else "update"
+        written.append((kind, counted, saved.processed.n_entries))
+        return size
 
-    monkeypatch.setattr(checkpoint_module, "write_checkpoint", record)
+    monkeypatch.setattr(checkpoint_module, "_write_signed", record)
     slow = write_slow_processor(tmp_path / "slow.py", 0.05)
     outcome = run(slow, fileset, backend="futures", workers=2, chunksize=100,
-                  chunks_per_task=1, output_dir=tmp_path / "out", checkpoint_interval=0.2)
+                  chunks_per_task=1, output_dir=out, checkpoint_interval=0.2)
     assert outcome.report["status"] == "complete"
     total = sum(flow["all"] for flow in outcome.output["cutflow"].values())
-    midway = [entries for _, entries in written if entries < total]
+    midway = [entries for _, _, entries in written if entries < total]
     assert len(midway) >= 2, written
-    assert all(counted == entries for counted, entries in written), written
+    assert {kind for kind, _, _ in written} == {"whole", "update"}, written
+    assert all(counted == entries for _, counted, entries in written), written
     assert copies == [], copies
+    assert not (out / ".coffea-hpc" / "updates").exists() or \
+        not any((out / ".coffea-hpc" / "updates").iterdir())  # a complete run leaves none
 
 
 def test_the_chunking_digest_hashed_in_slices_is_that_of_the_whole_list(monkeypatch):
@@ -681,3 +689,202 @@ def test_with_spilled_partials_a_checkpoint_holds_references_not_the_output(file
     again = cli(*run_args(processor, fileset_path, out, "--spill-threshold", "0", "--resume"))
     assert again.returncode == 0, again.stdout + again.stderr
     assert sum(c.endswith("-2000") for c in calls(tmp_path / "code")) >= 1
+
+
+# -- checkpoints that cost what changed -------------------------------------------------------
+
+PER_DATASET = '''
+import time
+from pathlib import Path
+
+import awkward as ak
+import hist
+from coffea import processor
+
+HERE = Path(__file__).parent
+
+
+class PerDataset(processor.ProcessorABC):
+    """coffea's own layout: one entry per dataset, holding its histograms and counts."""
+
+    def process(self, events):
+        meta = events.metadata
+        dataset = meta["dataset"]
+        time.sleep(0.25)
+        h = hist.Hist.new.Reg(20_000, 0, 200, name="pt").Weight()
+        h.fill(pt=ak.flatten(events.Muon.pt))
+        with open(HERE / "calls", "a") as log:
+            log.write(f"{dataset}-{Path(meta['filename']).stem}-{meta['entrystart']}\\n")
+        muons = int(ak.sum(ak.num(events.Muon)))
+        return {dataset: {"pt": h, "entries": len(events)},
+                "cutflow": {dataset: {"all": len(events), "muons": muons}}}
+
+    def postprocess(self, accumulator):
+        return accumulator
+'''
+
+
+def _per_dataset_result(dataset: str, i: int) -> Result:
+    import hist
+    import numpy as np
+
+    from coffea_hpc.data.ranges import EntryRanges
+
+    h = hist.Hist.new.Reg(20_000, 0, 1, name="x").Weight()
+    h.fill(np.random.default_rng(i).random(5_000))
+    return Result(value={dataset: {"x": h, "n": 1}, "cutflow": {dataset: {"all": 10}}},
+                  processed=EntryRanges.of((dataset, f"/{dataset}/f{i}.root", "Events"), 0, 10),
+                  metrics={"read_from": {(f"/{dataset}/f{i}.root", "local")}, "chunks": 1})
+
+
+def _checkpointed(out: Path, results: list[Result], every: int) -> tuple[Result, Checkpointer]:
+    """Fold ``results`` as a task does, checkpointing every ``every`` of them as a run
+    does; returns the running sum and the checkpointer."""
+    from coffea_hpc.processing.changes import Changes
+
+    total, changes = Result(), Changes()
+    checkpointer = Checkpointer(out / "checkpoint.coffea", provenance={"processor": "p"})
+    for i, result in enumerate(results, 1):
+        total.absorb(result)
+        changes.note(result)
+        if i % every == 0:
+            snapshot = total.without_failures()
+            if not checkpointer.write_update(snapshot, changes.take()):
+                checkpointer.write(snapshot)
+    return total, checkpointer
+
+
+def test_an_update_holds_what_changed_and_a_resume_applies_it(tmp_path):
+    from tests.helpers import assert_same
+
+    out = tmp_path / "out"
+    out.mkdir()
+    # four datasets done, then chunks of a fifth: the update after them holds that
+    # dataset's entries, its ledger and metrics, not the other four
+    results = [_per_dataset_result(f"ds{i // 3}", i) for i in range(12)]
+    total, checkpointer = _checkpointed(out, results, every=12)  # one whole checkpoint
+    more = [_per_dataset_result("ds4", i) for i in range(12, 15)]
+    for result in more:
+        total.absorb(result)
+    from coffea_hpc.processing.changes import Changes
+
+    changes = Changes()
+    for result in more:
+        changes.note(result)
+    assert checkpointer.write_update(total.without_failures(), changes)
+    whole = (out / "checkpoint.coffea").stat().st_size
+    updates = sorted((out / ".coffea-hpc" / "updates").iterdir())
+    assert len(updates) == 1 and updates[0].stat().st_mode & 0o777 == 0o600
+    assert updates[0].stat().st_size < 0.4 * whole, (updates[0].stat().st_size, whole)
+
+    saved = open_checkpoint(out / "checkpoint.coffea")
+    assert saved.entries == total.processed.n_entries == 150
+    loaded = saved.load()
+    assert list(loaded.value) == list(total.value)  # the output's order, too
+    assert_same(loaded.value, total.value)
+    assert loaded.processed == total.processed
+    assert loaded.metrics == total.metrics
+
+
+def test_updates_go_whole_again_once_they_add_up_to_the_checkpoint(tmp_path):
+    from tests.helpers import assert_same
+
+    out = tmp_path / "out"
+    out.mkdir()
+    results = [_per_dataset_result(f"ds{i // 4}", i) for i in range(40)]
+    total, checkpointer = _checkpointed(out, results, every=2)
+    folder = out / ".coffea-hpc" / "updates"
+    generation = open_checkpoint(out / "checkpoint.coffea").generation
+    left = sorted(p.name for p in folder.iterdir())
+    assert all(name.startswith(f"{generation}.") for name in left), left  # older ones gone
+    assert sum((folder / name).stat().st_size for name in left) <= 2 * (
+        out / "checkpoint.coffea").stat().st_size
+    assert_same(open_checkpoint(out / "checkpoint.coffea").load().value, total.value)
+    checkpointer.clear()
+    assert not (out / "checkpoint.coffea").exists() and not any(folder.iterdir())
+
+
+@pytest.mark.parametrize("harm", ["flip", "remove-first", "stale"])
+def test_a_damaged_or_missing_update_is_refused_and_a_stale_one_ignored(tmp_path, harm):
+    out = tmp_path / "out"
+    out.mkdir()
+    results = [_per_dataset_result(f"ds{i % 5}", i) for i in range(10)]
+    total, _ = _checkpointed(out, results[:4], every=4)  # whole
+    folder = out / ".coffea-hpc" / "updates"
+    from coffea_hpc.processing.changes import Changes
+
+    checkpointer = Checkpointer(out / "checkpoint.coffea", provenance={"processor": "p"})
+    checkpointer.write(total.without_failures())
+    for part in (results[4:6], results[6:8]):
+        changes = Changes()
+        for result in part:
+            total.absorb(result)
+            changes.note(result)
+        assert checkpointer.write_update(total.without_failures(), changes)
+    first, second = sorted(folder.iterdir(), key=lambda p: int(p.name.split(".")[1]))
+    if harm == "flip":
+        data = bytearray(second.read_bytes())
+        data[-20] ^= 0x04
+        second.write_bytes(bytes(data))
+        with pytest.raises(UserError, match=rf"checkpoint update {second} is damaged "
+                                            r"\(checksum mismatch\): rerun without --resume"):
+            open_checkpoint(out / "checkpoint.coffea")
+    elif harm == "remove-first":
+        first.unlink()
+        with pytest.raises(UserError, match=r"checkpoint update .*\.1 is missing \(later ones "
+                                            r"are there\): rerun without --resume"):
+            open_checkpoint(out / "checkpoint.coffea")
+    else:  # left by an older checkpoint (a crash between writing one and tidying up)
+        from tests.helpers import assert_same
+
+        kept = [shutil.copy(update, tmp_path / update.name) for update in (first, second)]
+        for result in results[8:]:
+            total.absorb(result)
+        checkpointer.write(total.without_failures())  # whole: those updates are now old
+        assert not any(folder.iterdir())
+        for copy in kept:
+            shutil.copy(copy, folder)
+        loaded = open_checkpoint(out / "checkpoint.coffea").load()
+        assert_same(loaded.value, total.value)
+        assert loaded.processed == total.processed
+
+
+def test_a_killed_driver_resumes_from_its_checkpoint_and_updates(fileset, fileset_path,
+                                                                  tmp_path):
+    """A per-dataset analysis checkpointing after every chunk writes updates; the driver
+    killed among them resumes from the checkpoint and its updates, redoes almost nothing
+    and ends with what an uninterrupted run gives."""
+    from tests.helpers import assert_same
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "analysis.py").write_text(PER_DATASET)
+    processor = f"{code / 'analysis.py'}:PerDataset"
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "coffea_hpc.cli.app",
+            *run_args(processor, fileset_path, out, "--checkpoint-every", "0")]
+    args[args.index("--chunksize") + 1] = "500"
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    folder = out / ".coffea-hpc" / "updates"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and driver.poll() is None and \
+            len(list(folder.glob("*"))) < 2:
+        time.sleep(0.02)
+    driver.kill()
+    driver.communicate(timeout=60)
+    assert len(list(folder.glob("*"))) >= 2, "no updates were written before the kill"
+    done = set(calls(code))
+    saved = open_checkpoint(out / "checkpoint.coffea")
+    assert saved.updates and saved.entries > 0
+    saved.close()
+
+    resumed = cli(*args[3:], "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = calls(code)
+    assert len(set(after)) == 24
+    again = [chunk for chunk in done if after.count(chunk) > 1]
+    assert len(again) <= 2, again  # at most what was under way when it was killed
+    reference = run(f"{code / 'analysis.py'}:PerDataset", fileset, backend="iterative",
+                    chunksize=3_000)
+    assert_same(load(out / "output.coffea"), reference.output)
+    assert not any(folder.iterdir())

@@ -33,6 +33,7 @@ from coffea_hpc.backends.protocol import (
 )
 from coffea_hpc.data.ranges import EntryRanges
 from coffea_hpc.errors import ChunkFailedError, MergeError, OverlapError
+from coffea_hpc.processing.changes import Changes
 from coffea_hpc.processing.result import Failure, RemoteError, Result, merge_values
 
 __all__ = ["FREE_RESUBMISSIONS", "FutureLike", "FutureTask", "Reducer"]
@@ -115,6 +116,8 @@ class FutureTask:
         self._reducer = reducer
         self._garbage: list[Any] = []
         self._acc = Result()
+        self._changes = Changes()
+        """What of ``_acc`` changed since a checkpoint took the changes (`take_changes`)."""
         self._queue: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._inflight: dict[int, tuple[WorkElement, FutureLike]] = {}
         self._merging: set[int] = set()
@@ -229,6 +232,11 @@ class FutureTask:
             snapshot.value = merge_values(
                 snapshot.value, self._reducer.inputs(self._inflight[token][0]))  # type: ignore[union-attr]
 
+    def take_changes(self) -> Changes:
+        """What of `current_result` changed since this was last called: a checkpoint
+        writes that much, not the whole sum."""
+        return self._changes.take()
+
     def take_garbage(self) -> list[Any]:
         """Inputs of finished merges: safe to delete once no checkpoint refers to them."""
         garbage, self._garbage = self._garbage, []
@@ -317,7 +325,13 @@ class FutureTask:
         self._status = TaskStatus.RUNNING
 
     def _drain(self, *, block: bool, timeout: float | None = None) -> None:
+        # back within a slice of time, whatever is left: results that arrive as fast as
+        # they are taken in would otherwise keep the caller from showing progress and
+        # writing checkpoints until the very end
+        until = time.monotonic() + _DRAIN_SLICE
         while self._inflight:
+            if not block and time.monotonic() > until:
+                return
             try:
                 token = self._queue.get(block=block, timeout=timeout)
             except queue.Empty:
@@ -358,6 +372,7 @@ class FutureTask:
         except MergeError as err:
             self._unmergeable(element, err)
             return
+        self._changes.note(result)
         unattempted = set(result.unattempted)
         self._mark_done(element, [k for k in element.keys
                                   if k not in errors and k not in unattempted])
@@ -427,11 +442,15 @@ class FutureTask:
         for key in lost:
             self._losses[key] = self._losses.get(key, 0) + 1
         log.info("%d chunks lost with their block; they run again (no retry spent)", len(lost))
-        self._acc.metrics["lost_to_ended_blocks"] = \
-            self._acc.metrics.get("lost_to_ended_blocks", 0) + len(lost)
+        self._count("lost_to_ended_blocks", len(lost))
         self._backlog.extendleft(reversed(list(self._work.subset(lost))))
         rerun = set(lost)
         return {k: e for k, e in errors.items() if k not in rerun}
+
+    def _count(self, metric: str, n: int) -> None:
+        counted = Result(metrics={metric: n})
+        self._acc.absorb(counted)
+        self._changes.note(counted)
 
     def _split_out_of_memory(self, errors: dict[Hashable, RemoteError]
                              ) -> dict[Hashable, RemoteError]:
@@ -456,8 +475,7 @@ class FutureTask:
             else:
                 left[key] = error
         if halves:
-            self._acc.metrics["out_of_memory_splits"] = \
-                self._acc.metrics.get("out_of_memory_splits", 0) + len(halves) // 2
+            self._count("out_of_memory_splits", len(halves) // 2)
             self._backlog.extendleft(reversed(halves))
         return left
 
@@ -522,6 +540,7 @@ class FutureTask:
         if not overlap:
             self._forget_inflight()  # what finished meanwhile might not add up either
             self._acc = Result()
+            self._changes.lose_track()
             self._done.clear()
             self._done_weight = 0
         message = f"{what}{dataset}: {err}"
@@ -557,8 +576,10 @@ class FutureTask:
             log.warning("a merge task failed (%s); its inputs will be merged at the end",
                         RemoteError.from_exception(exc).summary())
             self._acc.value = merge_values(self._acc.value, self._reducer.inputs(element))
+            self._changes.lose_track()
             return
         self._acc.absorb(result)
+        self._changes.note(result)
         self._garbage.append(self._reducer.inputs(element))
 
     def _schedule_merges(self) -> None:
@@ -603,6 +624,7 @@ class FutureTask:
             del self._inflight[token]
             self._tell(element, token, result, None)
             self._acc.absorb(result)
+            self._changes.note(result)
             self._mark_done(element, list(element.keys))
 
     def _forget_inflight(self) -> None:
@@ -616,6 +638,7 @@ class FutureTask:
                 future.cancel()
             if token in self._merging and self._reducer is not None:
                 self._acc.value = merge_values(self._acc.value, self._reducer.inputs(element))
+                self._changes.lose_track()
         self._inflight.clear()
         self._merging.clear()
         self._submitted.clear()
@@ -625,6 +648,10 @@ class FutureTask:
             return self._work.rest(self._acc.processed)  # type: ignore[attr-defined]
         every = self._work.keys()
         return self._work.subset(k for k in every if k not in self._done)
+
+
+_DRAIN_SLICE = 0.1
+"""Seconds one call takes in results for, at most, once the first has arrived."""
 
 
 class _KeySet:

@@ -90,6 +90,18 @@ class EntryRanges:
             for start, stop in spans:
                 self._insert(key, start, stop)
 
+    def of_trees(self, trees: Iterable[TreeKey]) -> EntryRanges:
+        """The ranges of these trees alone: what a checkpoint update writes."""
+        out = EntryRanges()
+        out._ranges = {key: list(self._ranges[key]) for key in trees if key in self._ranges}
+        return out
+
+    def replace(self, other: EntryRanges) -> None:
+        """Take ``other``'s ranges for each of its trees in place of this ledger's (a
+        checkpoint update holds whole trees' ranges, up to date)."""
+        for key, spans in other._ranges.items():
+            self._ranges[key] = list(spans)
+
     def _clashes(self, key: TreeKey, start: int, stop: int) -> bool:
         spans = self._ranges.get(key)
         if not spans:

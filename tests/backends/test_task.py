@@ -151,3 +151,39 @@ def test_the_done_set_answers_as_a_set_would():
     assert [p in done for p in probes] == [p in truth for p in probes]
     done.clear()
     assert len(done) == 0 and not any(p in done for p in probes)
+
+
+class AtOnce(IterativeBackend):
+    """Elements complete as they are submitted, with what a worker would send: results
+    arrive as fast as the driver takes them in, as from a large pool."""
+
+    def submit(self, element: WorkElement) -> Future:
+        from coffea_hpc.data.ranges import EntryRanges
+        from coffea_hpc.processing.result import Result
+
+        ranges = EntryRanges()
+        for chunk in element.chunks:
+            ranges.update(EntryRanges.of((chunk.dataset, chunk.filename, chunk.treename),
+                                         chunk.entrystart, chunk.entrystop))
+        done: Future = Future()
+        done.set_result(Result(value={"n": len(element.chunks)}, processed=ranges))
+        return done
+
+
+def test_results_arriving_without_pause_still_let_progress_and_checkpoints_through(prepared):
+    """A driver taking in results as fast as they come must still come up for air: the
+    progress display and the checkpoints run between its turns, not only at the end."""
+    import time
+
+    from coffea_hpc.progress import watch
+
+    with AtOnce() as backend:
+        chunks = chunks_of(preprocess(prepared, backend, chunksize=20).fileset)  # known files
+        work = Workload(ProcessorHandle.wrap(DimuonProcessor()), chunks, chunks_per_task=1)
+        task = backend.compute(work)
+        task.observe(lambda settled: time.sleep(0.005))  # ≥ 3 s for 600 elements
+        ticks: list[int] = []
+        result = watch(task, "processing", None,
+                       on_tick=lambda t: ticks.append(t.progress().done))
+    assert result.value["n"] == len(chunks) == 600
+    assert len(ticks) >= 3 and ticks[0] < len(chunks), ticks

@@ -5,7 +5,8 @@
     python benchmarks/scale.py --backend parsl --files 200 --chunks-per-file 10
 
 ``--backend sim`` replaces the workers by a stand-in whose elements complete at once with a
-realistic result (a dict of histograms of about 100 kB and the element's entry ranges), so
+realistic result (a dict of histograms of about 100 kB, the element's entry ranges and a
+worker's metrics, among them the files it read), so
 what is measured is the driver alone: loading a prepared fileset, chunking, submitting,
 the exactly-once ledger, merging, progress, checkpoints and writing each chunk's metrics row
 (the sim's results carry one per chunk, as workers' do). ``--backend parsl`` runs a real
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import pickle
 import subprocess
@@ -102,8 +104,12 @@ def _sim_backend(workers: int) -> Any:
                 ranges += EntryRanges.of((c.dataset, c.filename, c.treename), c.entrystart,
                                          c.entrystop)
             future: Future = Future()
-            result = Result(value={**pickle.loads(wire), "n": len(element.chunks)},
-                            processed=ranges, metrics={"chunks": len(element.chunks)})
+            n = len(element.chunks)
+            metrics = {"chunks": n, "entries": n * ENTRIES_PER_CHUNK, "buildtime": 0.01 * n,
+                       "processtime": 0.23 * n, "columns": set(columns),
+                       "read_from": {(c.filename, "local") for c in element.chunks}}
+            result = Result(value={**pickle.loads(wire), "n": n}, processed=ranges,
+                            metrics=metrics)  # a worker's metrics, as it sends them
             if hasattr(result, "chunk_rows"):  # what a worker measures per chunk, too
                 result.chunk_rows = tuple(
                     dict(row, dataset=c.dataset, file=c.filename, entrystart=c.entrystart,
@@ -128,9 +134,11 @@ def measure_sim(files: int, chunks_per_file: int, workers: int, per_task: int) -
     with tempfile.TemporaryDirectory(prefix="coffea-hpc-scale-") as tmp:
         prepared = write_prepared(Path(tmp) / "prepared.json", files, chunks_per_file)
         backend = _sim_backend(workers)
+        written = _CheckpointsWritten()
         started = time.perf_counter()
-        outcome = run(noop, prepared, backend=backend, output_dir=Path(tmp) / "out",
-                      chunks_per_task=per_task, checkpoint_interval=3600)
+        with written:
+            outcome = run(noop, prepared, backend=backend, output_dir=Path(tmp) / "out",
+                          chunks_per_task=per_task, checkpoint_interval=3600)
         wall = time.perf_counter() - started
         chunks = outcome.report["metrics"]["chunks"]
         assert chunks == files * chunks_per_file, (chunks, files * chunks_per_file)
@@ -140,7 +148,40 @@ def measure_sim(files: int, chunks_per_file: int, workers: int, per_task: int) -
             "driver_peak_rss_bytes": peak_rss(),
             "first_chunk_s": round(backend.first_submit - started, 3),
             "checkpoint_s": round(checkpoint_s, 3),
+            "checkpoints_in_run": written.summary(),
             "wall_s": round(wall, 2), "stages_s": outcome.report["stages_s"]}
+
+
+class _CheckpointsWritten(logging.Handler):
+    """The checkpoints a run wrote as it went, whole or updates, and what each cost (from
+    the run's own log lines)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seconds: dict[str, list[float]] = {"whole": [], "update": []}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = str(record.msg)
+        if message.startswith("checkpoint") and record.args:
+            kind = "update" if message.startswith("checkpoint update") else "whole"
+            self.seconds[kind].append(float(record.args[-1]))  # type: ignore[index]
+
+    def __enter__(self) -> _CheckpointsWritten:
+        logger = logging.getLogger("coffea_hpc.checkpoint")
+        self._level = logger.level
+        logger.setLevel(logging.INFO)
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logger = logging.getLogger("coffea_hpc.checkpoint")
+        logger.removeHandler(self)
+        logger.setLevel(self._level)
+
+    def summary(self) -> dict[str, Any]:
+        return {kind: {"count": len(times), "max_s": round(max(times, default=0.0), 3),
+                       "total_s": round(sum(times), 3)}
+                for kind, times in self.seconds.items()}
 
 
 def _time_checkpoint(result: Any, path: Path) -> float:
@@ -304,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
 def _print_row(row: dict) -> None:
     extra = f"  {row['ratio_to_parsl']}x parsl-perf" if "ratio_to_parsl" in row else ""
     check = f"{row['checkpoint_s']:.3f} s" if row["checkpoint_s"] is not None else "-"
+    during = row.get("checkpoints_in_run")
+    if during:
+        check += (f" (in the run: {during['whole']['count']} whole, max "
+                  f"{during['whole']['max_s']:.3f} s; {during['update']['count']} updates, "
+                  f"max {during['update']['max_s']:.3f} s)")
     print(f"{row['backend']:5} {row['files']:>7,} files {row['chunks']:>9,} chunks  "
           f"{row['chunks_per_s']:>9,.0f} chunks/s  peak RSS "
           f"{row['driver_peak_rss_bytes'] / 1e6:7.0f} MB  first chunk "

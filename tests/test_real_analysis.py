@@ -162,3 +162,37 @@ def test_the_command_as_typed_equals_coffea(executor, analysis, analysis_fileset
         cwd=unrelated_cwd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert_same(load(tmp_path / "out" / "output.coffea"), coffea_answer[CHUNKSIZES[0]])
+
+
+def test_a_run_resumed_from_its_checkpoint_updates_equals_coffea(
+        analysis, analysis_fileset, coffea_answer, unrelated_cwd, tmp_path, monkeypatch):
+    """What a driver killed after a few checkpoint updates leaves (the output directory as it
+    stood then, copied aside) resumes to coffea's answer: the updates set the analysis's
+    entries (cut flows and sums per dataset, sets of files, histograms and the column
+    accumulator whole) in the checkpoint's output."""
+    from coffea_hpc import checkpoint as checkpoint_module
+
+    out = tmp_path / "out"
+    left = tmp_path / "left"
+    real = checkpoint_module._write_signed
+    updates: list[Path] = []
+
+    def write(payload, path, **kwargs):
+        size = real(payload, path, **kwargs)
+        if path.parent.name == "updates":
+            updates.append(path)
+            if len(updates) == 2:  # the directory as a killed driver would leave it
+                shutil.copytree(out, left)
+        return size
+
+    monkeypatch.setattr(checkpoint_module, "_write_signed", write)
+    run(str(analysis / PROCESSOR), analysis_fileset, backend="iterative", output_dir=out,
+        chunksize=700, checkpoint_interval=0)
+    monkeypatch.setattr(checkpoint_module, "_write_signed", real)
+    assert len(updates) >= 2 and (left / ".coffea-hpc" / "updates").is_dir()
+
+    resumed = run(str(analysis / PROCESSOR), analysis_fileset, backend="iterative",
+                  output_dir=left, chunksize=700, resume=True)
+    assert 0 < resumed.report["resumed_events"] < resumed.report["events"]
+    assert_same(resumed.output, coffea_answer[700])
+    assert_same(load(left / "output.coffea"), coffea_answer[700])

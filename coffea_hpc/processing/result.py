@@ -223,7 +223,7 @@ class Result:
         if self.processed is other.processed:
             self.processed = EntryRanges()  # never update a ledger shared with ``other``
         self.processed.update(other.processed)  # checks overlap before any mutation
-        if other.value is not None:  # nothing to add: the value stays as it is, and whose
+        if other.value is not None:  # else the value and its ownership stay as they are
             was_empty = self.value is None
             self.value = merge_values(self.value, other.value, in_place=self._owned)
             self._owned = not was_empty

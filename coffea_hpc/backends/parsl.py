@@ -13,9 +13,11 @@ same way on every backend.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -119,10 +121,11 @@ def local_htex_config(workers: int | None = None, run_dir: str | Path = "runinfo
 
     workers = workers or os.cpu_count() or 1
     run_dir = private_dir(run_dir)  # logs and the CurveZMQ certificates: the user's alone
-    executor = HighThroughputExecutor(
+    executor = _local_executor_class(HighThroughputExecutor)(
         label=LOCAL_LABEL,
         address="127.0.0.1",
         loopback_address="127.0.0.1",
+        worker_port=_free_loopback_port(),  # known before the interchange binds it
         max_workers_per_node=workers,
         cores_per_worker=1,
         heartbeat_period=2,
@@ -142,6 +145,48 @@ def local_htex_config(workers: int | None = None, run_dir: str | Path = "runinfo
         strategy_period=0.5,
         usage_tracking=0,
     )
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@functools.cache
+def _local_executor_class(base: type) -> type:
+    """HTEx whose one block is launched as its interchange starts, not once it is up.
+
+    HTEx starts its interchange, waits for it to import Parsl and bind the workers' port
+    (~0.5 s), and only then can its block be launched, whose worker pool imports Parsl
+    too: one after the other, on the path to a local run's first chunk. With the port
+    chosen beforehand, the pool's command is known first; the pool is launched, then the
+    interchange, and they start side by side (the pool's connection waits for the port).
+    Where Parsl no longer calls the hook, the block is launched after the start as before
+    (`ParslBackend._start`).
+    """
+
+    class LocalHighThroughputExecutor(base):  # type: ignore[misc, valid-type]
+        early_blocks = 0
+        """Blocks to launch before the interchange (set by `ParslBackend`, which then
+        leaves the provider no ``init_blocks`` to launch)."""
+        launched_early = False
+
+        def _start_local_interchange_process(self) -> None:
+            if self.early_blocks and self.worker_port:
+                template = self.launch_cmd
+                self.initialize_scaling()  # the pool's command, for the port chosen
+                self.scale_out_facade(self.early_blocks)
+                self.launched_early = True
+                self.launch_cmd = template  # formatted again by start(), as it always is
+            try:
+                super()._start_local_interchange_process()
+            except BaseException:
+                with contextlib.suppress(Exception):  # no pool waits for an interchange
+                    self.provider.cancel(list(self.blocks_to_job_id.values()))
+                raise
+
+    return LocalHighThroughputExecutor
 
 
 class ParslBackend(PoolBackend):
@@ -256,9 +301,10 @@ class ParslBackend(PoolBackend):
         if local:
             run_dir = self._run_dir or Path("runinfo")
             config = local_htex_config(self._workers, run_dir)
-            # its block is launched below as soon as the interchange is up, not at the
-            # strategy's first poll (half a second later)
+            # its block is launched as its interchange starts (`_local_executor_class`),
+            # not at the strategy's first poll (half a second after it is up)
             config.executors[0].provider.init_blocks = 0
+            config.executors[0].early_blocks = 1
         else:
             _refuse_a_spent_config(config)
             if self._run_dir is not None:
@@ -268,7 +314,7 @@ class ParslBackend(PoolBackend):
             self._dfk = DataFlowKernel(config)
         except Exception as err:
             raise BackendError(f"starting Parsl failed: {type(err).__name__}: {err}") from err
-        if local:
+        if local and not getattr(self._dfk.executors[LOCAL_LABEL], "launched_early", False):
             try:
                 self._dfk.executors[LOCAL_LABEL].scale_out_facade(1)
             except Exception as err:

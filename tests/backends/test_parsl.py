@@ -151,3 +151,62 @@ def test_a_parsl_config_that_already_ran_is_refused_in_one_line(tmp_path, filese
     assert first.report["status"] == "complete"
     with pytest.raises(UserError, match=r"already ran a DataFlowKernel .*'coffea-hpc-local'"):
         run(dimuon, fileset, backend=ParslBackend(config, workers=1), chunksize=3_000)
+
+
+def _log_order(run_dir, *marks: str) -> list[int]:
+    """The line numbers in Parsl's log of the first line holding each of ``marks``."""
+    [log] = list(run_dir.rglob("parsl.log"))
+    lines = log.read_text().splitlines()
+    return [next(i for i, line in enumerate(lines) if mark in line) for mark in marks]
+
+
+def _chunk_runs(backend) -> None:
+    assert backend.submit(functools.partial(importlib.import_module, "json")).result(
+        timeout=120).__name__ == "json"
+
+
+def test_the_local_block_is_launched_before_its_interchange(tmp_path):
+    """Its worker pool imports Parsl beside the interchange, not after it (the port the
+    interchange binds for workers is chosen first, so the pool's command is known)."""
+    with make_backend("parsl", workers=1, run_dir=tmp_path) as backend:
+        _chunk_runs(backend)
+    launched, interchange, up = _log_order(tmp_path, "Launched block 0",
+                                           "Popened interchange process",
+                                           "Interchange process started")
+    assert launched < interchange < up
+
+
+def test_without_the_hook_the_local_block_is_launched_once_the_interchange_is_up(
+        tmp_path, monkeypatch):
+    # a Parsl release that no longer calls the method the early launch hooks into
+    from parsl.executors import HighThroughputExecutor
+
+    from coffea_hpc.backends.parsl import _local_executor_class
+
+    monkeypatch.setattr(_local_executor_class(HighThroughputExecutor),
+                        "_start_local_interchange_process",
+                        HighThroughputExecutor._start_local_interchange_process)
+    with make_backend("parsl", workers=1, run_dir=tmp_path) as backend:
+        _chunk_runs(backend)
+        executor = backend.dfk.executors["coffea-hpc-local"]
+        assert not executor.launched_early and len(executor.blocks_to_job_id) == 1
+    up, launched = _log_order(tmp_path, "Interchange process started", "Launched block 0")
+    assert up < launched
+
+
+def test_an_interchange_that_fails_to_start_takes_the_early_block_with_it(tmp_path,
+                                                                         monkeypatch):
+    from parsl.executors import HighThroughputExecutor
+
+    from coffea_hpc.errors import BackendError
+
+    def fails(self):
+        raise RuntimeError("Interchange failed to start")
+
+    monkeypatch.setattr(HighThroughputExecutor, "_start_local_interchange_process", fails)
+    with pytest.raises(BackendError, match="Interchange failed to start"), \
+            make_backend("parsl", workers=1, run_dir=tmp_path):
+        pass
+    time.sleep(2)  # a pool left behind would be up by now, waiting for its interchange
+    # (for its heartbeat threshold, 10 s, before it gives up)
+    assert not still_running(processes_mentioning("worker_pool", str(tmp_path)), timeout=5)

@@ -26,6 +26,7 @@ from coffea.util import load
 from coffea_hpc.backends import ErrorPolicy
 from coffea_hpc.checkpoint import Checkpointer, open_checkpoint, write_checkpoint
 from coffea_hpc.errors import ChunkFailedError, UserError
+from coffea_hpc.processing.changes import Changes
 from coffea_hpc.processing.result import Result
 from coffea_hpc.runner import run
 from tests.helpers import write_slow_processor
@@ -740,8 +741,6 @@ def _per_dataset_result(dataset: str, i: int) -> Result:
 def _checkpointed(out: Path, results: list[Result], every: int) -> tuple[Result, Checkpointer]:
     """Fold ``results`` as a task does, checkpointing every ``every`` of them as a run
     does; returns the running sum and the checkpointer."""
-    from coffea_hpc.processing.changes import Changes
-
     total, changes = Result(), Changes()
     checkpointer = Checkpointer(out / "checkpoint.coffea", provenance={"processor": "p"})
     for i, result in enumerate(results, 1):
@@ -754,6 +753,15 @@ def _checkpointed(out: Path, results: list[Result], every: int) -> tuple[Result,
     return total, checkpointer
 
 
+def _update_with(checkpointer: Checkpointer, total: Result, results: list[Result]) -> bool:
+    """Fold ``results`` into ``total`` and checkpoint what they changed, as an update."""
+    changes = Changes()
+    for result in results:
+        total.absorb(result)
+        changes.note(result)
+    return checkpointer.write_update(total.without_failures(), changes)
+
+
 def test_an_update_holds_what_changed_and_a_resume_applies_it(tmp_path):
     from tests.helpers import assert_same
 
@@ -764,14 +772,7 @@ def test_an_update_holds_what_changed_and_a_resume_applies_it(tmp_path):
     results = [_per_dataset_result(f"ds{i // 3}", i) for i in range(12)]
     total, checkpointer = _checkpointed(out, results, every=12)  # one whole checkpoint
     more = [_per_dataset_result("ds4", i) for i in range(12, 15)]
-    for result in more:
-        total.absorb(result)
-    from coffea_hpc.processing.changes import Changes
-
-    changes = Changes()
-    for result in more:
-        changes.note(result)
-    assert checkpointer.write_update(total.without_failures(), changes)
+    assert _update_with(checkpointer, total, more)
     whole = (out / "checkpoint.coffea").stat().st_size
     updates = sorted((out / ".coffea-hpc" / "updates").iterdir())
     assert len(updates) == 1 and updates[0].stat().st_mode & 0o777 == 0o600
@@ -809,18 +810,10 @@ def test_a_damaged_or_missing_update_is_refused_and_a_stale_one_ignored(tmp_path
     out = tmp_path / "out"
     out.mkdir()
     results = [_per_dataset_result(f"ds{i % 5}", i) for i in range(10)]
-    total, _ = _checkpointed(out, results[:4], every=4)  # whole
+    total, checkpointer = _checkpointed(out, results[:4], every=4)  # whole
     folder = out / ".coffea-hpc" / "updates"
-    from coffea_hpc.processing.changes import Changes
-
-    checkpointer = Checkpointer(out / "checkpoint.coffea", provenance={"processor": "p"})
-    checkpointer.write(total.without_failures())
     for part in (results[4:6], results[6:8]):
-        changes = Changes()
-        for result in part:
-            total.absorb(result)
-            changes.note(result)
-        assert checkpointer.write_update(total.without_failures(), changes)
+        assert _update_with(checkpointer, total, part)
     first, second = sorted(folder.iterdir(), key=lambda p: int(p.name.split(".")[1]))
     if harm == "flip":
         data = bytearray(second.read_bytes())

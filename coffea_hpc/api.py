@@ -135,7 +135,7 @@ def _run_with(processor: Any, options: RunOptions, *, fileset: Any = None, backe
     with contextlib.ExitStack() as early:
         lock = None
         if backend == "futures":
-            from coffea_hpc.backends.futures import start_forkserver
+            from coffea_hpc.backends._forkserver import start_forkserver
 
             start_forkserver()  # its workers' imports go on beside the driver's, just below
         elif backend == "parsl":

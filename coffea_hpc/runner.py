@@ -194,18 +194,20 @@ def run(
                 saved.check(checkpoint.provenance)
                 checkpoint.base = saved.load(spills=None if remote_storage else spill.key)
             work: Workload | AdaptiveWorkload
+            forms = _form_cache(cache, backend)
             if target_chunk_seconds is not None:
                 # what the fixed chunking would cover, less the checkpoint, cut as it goes
                 per_task = chunks_per_task or 1
                 sizer = ChunkSizer(_start_size(chunksize, every_chunk), target_chunk_seconds)
                 work = AdaptiveWorkload(handle, spans_of(every_chunk, checkpoint.base.processed),
                                         sizer, schema=schema, chunks_per_task=per_task,
-                                        spill=spill, uproot_options=read_opts)
+                                        spill=spill, uproot_options=read_opts,
+                                        form_cache=forms)
             else:
                 chunks = _todo(every_chunk, checkpoint.base)
                 per_task = chunks_per_task or auto_chunks_per_task(chunks, backend.workers)
                 work = Workload(handle, chunks, schema=schema, chunks_per_task=per_task,
-                                spill=spill, uproot_options=read_opts)
+                                spill=spill, uproot_options=read_opts, form_cache=forms)
 
             chunk_log = stack.enter_context(ChunkLog(
                 out_dir / CHUNKS_NAME if out_dir else None, append=resume,
@@ -317,6 +319,17 @@ def run(
 
 SMALL_FILESET = 16
 """Files the driver opens itself for preprocessing, when its workers are on this machine."""
+
+
+def _form_cache(cache: MetadataCache | None, backend: Backend) -> str | None:
+    """Where workers keep NanoEvents forms between runs: beside the metadata cache
+    (``metadata.sqlite`` → ``metadata.forms/``), and off with it, for workers on this machine
+    only. A remote site's workers would share one folder among thousands, for a saving of a
+    tenth of a second per worker."""
+    if cache is None or not (getattr(backend, "on_this_machine", False)
+                             or getattr(backend, "name", "") == "iterative"):
+        return None
+    return str(cache.path.with_suffix(".forms"))
 
 
 def _preprocessing_backend(backend: Backend, fs: Fileset,

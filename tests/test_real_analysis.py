@@ -196,3 +196,26 @@ def test_a_run_resumed_from_its_checkpoint_updates_equals_coffea(
     assert 0 < resumed.report["resumed_events"] < resumed.report["events"]
     assert_same(resumed.output, coffea_answer[700])
     assert_same(load(left / "output.coffea"), coffea_answer[700])
+
+
+def test_a_run_on_forms_kept_by_the_run_before_equals_coffea(
+        analysis, analysis_fileset, coffea_answer, unrelated_cwd, tmp_path):
+    """The analyst's next run on the same files: the futures workers, new processes, take the
+    NanoEvents forms the first run's workers kept (a kept entry is marked as used when read)
+    instead of deriving them (an entry derived again would be written anew, as a new file),
+    and the answer is still coffea's."""
+    import os
+
+    forms = Path(os.environ["COFFEA_HPC_CACHE_DIR"]) / "metadata.forms"
+    first = run(str(analysis / PROCESSOR), analysis_fileset, backend="futures", workers=2,
+                output_dir=tmp_path / "first", chunksize=700)
+    kept = {entry: entry.stat().st_ino for entry in forms.glob("*.json")}
+    assert kept, "the first run kept no form"
+    for entry in kept:
+        os.utime(entry, (1_000_000, 1_000_000))
+    second = run(str(analysis / PROCESSOR), analysis_fileset, backend="futures", workers=2,
+                 output_dir=tmp_path / "second", chunksize=700)
+    assert {entry: entry.stat().st_ino for entry in forms.glob("*.json")} == kept
+    assert any(entry.stat().st_mtime > 1_000_000 for entry in kept)  # read by the workers
+    assert_same(first.output, coffea_answer[700])
+    assert_same(second.output, coffea_answer[700])

@@ -33,6 +33,7 @@ from typing import Any
 import psutil
 
 from coffea_hpc.backends._base import PoolBackend, refuse_an_unguarded_script, warm_up
+from coffea_hpc.backends._forkserver import PRELOAD, start_forkserver
 from coffea_hpc.backends._watchdog import Watchdog
 from coffea_hpc.backends.protocol import WorkElement
 
@@ -42,8 +43,6 @@ log = logging.getLogger(__name__)
 
 _FREE_RESUBMITS = 5
 """How often an element caught in someone else's crash is resubmitted without charge."""
-_PRELOAD = ["coffea_hpc.processing.worker"]
-"""What the forkserver imports once, so that every worker forked from it starts with it."""
 
 
 def _settle_outer(outer: Future, exc: BaseException | None = None, *,
@@ -61,17 +60,6 @@ def _settle_outer(outer: Future, exc: BaseException | None = None, *,
 
 class WorkerDied(RuntimeError):
     """The worker process running an element exited abruptly."""
-
-
-def start_forkserver() -> None:
-    """Start the forkserver now, importing what workers need, for a run that will use this
-    backend: called before the driver's own imports (the analyst's processor, coffea), the
-    two import side by side, and the first chunk does not wait for them one after the
-    other. (The server ends with this process.)"""
-    from multiprocessing import forkserver
-
-    multiprocessing.get_context("forkserver").set_forkserver_preload(_PRELOAD)
-    forkserver.ensure_running()
 
 
 def _pool_servers() -> list[int]:
@@ -199,7 +187,7 @@ class FuturesBackend(PoolBackend):
 
     def _new_pool(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(_PRELOAD)
+        context.set_forkserver_preload(PRELOAD)
         return ProcessPoolExecutor(max_workers=self._workers, mp_context=context,
                                    initializer=warm_up)
 

@@ -187,6 +187,7 @@ class AdaptiveWorkload:
         chunks_per_task: int = 1,
         spill: SpillPolicy | None = None,
         uproot_options: Mapping[str, Any] | None = None,
+        form_cache: str | None = None,
     ) -> None:
         if chunks_per_task < 1:
             raise ValueError(f"chunks_per_task must be >= 1, got {chunks_per_task}")
@@ -198,6 +199,7 @@ class AdaptiveWorkload:
         self.chunks_per_task = chunks_per_task
         self.spill = spill
         self.uproot_options = dict(uproot_options or {})
+        self.form_cache = form_cache
         self._pending: deque[Chunk] = deque(self.spans)
         self._cut: dict[ChunkKey, Chunk] = {}
         self._order: dict[ChunkKey, int] = {}
@@ -290,7 +292,8 @@ class AdaptiveWorkload:
                         key=lambda k: (self._order[k], k[3]))  # type: ignore[index]
         return Workload(self.processor, [self._cut[k] for k in chosen],  # type: ignore[index]
                         schema=self.schema, chunks_per_task=self.chunks_per_task,
-                        spill=self.spill, uproot_options=self.uproot_options)
+                        spill=self.spill, uproot_options=self.uproot_options,
+                        form_cache=self.form_cache)
 
     # -- adaptive ------------------------------------------------------------------------
 
@@ -328,7 +331,8 @@ class AdaptiveWorkload:
         """The same work less what ``covered`` counted: the spans left, cut afresh."""
         return AdaptiveWorkload(self.processor, spans_of(self.spans, covered), self.sizer,
                                 schema=self.schema, chunks_per_task=self.chunks_per_task,
-                                spill=self.spill, uproot_options=self.uproot_options)
+                                spill=self.spill, uproot_options=self.uproot_options,
+                                form_cache=self.form_cache)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -354,7 +358,7 @@ class AdaptiveWorkload:
 
     def _element(self, batch: list[Chunk]) -> ProcessChunks:
         return ProcessChunks(self.processor, tuple(batch), self.schema, self.spill,
-                             self.uproot_options)
+                             self.uproot_options, self.form_cache)
 
 
 def out_of_memory(type_names: Iterable[str]) -> bool:

@@ -8,7 +8,8 @@ schema's output form; a chunk then only costs a new column mapping and the recon
 the (virtual, so unread) array. The files of a dataset usually have the same branches, so
 the forms of a flat tree are also kept by the tree's structure, and the next file of that
 structure only has its tree read (on NanoAOD: ~0.45 s to read the tree, ~0.15 s to derive
-the forms, ~0.02 s to check the structure).
+the forms, ~0.02 s to check the structure). Given a `FormCache`, those forms are also kept
+between runs, and a worker's first file of a known structure only has its tree read too.
 
 What a worker keeps must not grow with the number of files it has seen: a job of many small
 files passes thousands through one worker. So the open files are a small LRU, a file leaving
@@ -38,6 +39,7 @@ from uproot.models.TTree import Model_TTree_NumEntries
 
 from coffea_hpc.data.chunks import Chunk
 from coffea_hpc.errors import FilesetError, UserError
+from coffea_hpc.processing.formcache import FormCache
 from coffea_hpc.processing.remote import open_options
 
 __all__ = [
@@ -154,7 +156,7 @@ def _get_tree(handle: Any, path: str, treename: str) -> Any:
 class _OpenFile:
     tree: Any
     uuid: str
-    forms: dict[type, tuple[ak.forms.Form, dict[str, Any], BaseSchema]]
+    forms: dict[type, tuple[ak.forms.Form, dict[str, Any], BaseSchema | type[BaseSchema]]]
     location: str
     baskets: dict[str, tuple[np.ndarray, np.ndarray] | None] = field(default_factory=dict)
     """Per branch: the first entry of each basket (and the end) and its compressed bytes."""
@@ -163,7 +165,8 @@ class _OpenFile:
 class _ChunkSchema:
     """The per-file schema, seen with one chunk's metadata; what NanoEventsFactory reads."""
 
-    def __init__(self, form: ak.forms.Form, metadata: dict[str, Any], schema: BaseSchema):
+    def __init__(self, form: ak.forms.Form, metadata: dict[str, Any],
+                 schema: BaseSchema | type[BaseSchema]):
         self.form = form.copy(parameters={**form.parameters, "metadata": metadata})
         self._schema = schema
 
@@ -180,8 +183,11 @@ class EventsBuilder:
     and with a closed file it became garbage that waits for the cyclic collector.
     """
 
-    def __init__(self, *, max_open_files: int = 4, uproot_options: dict[str, Any] | None = None):
+    def __init__(self, *, max_open_files: int = 4, uproot_options: dict[str, Any] | None = None,
+                 form_cache: FormCache | None = None):
         self.max_open_files = max_open_files
+        self.form_cache = form_cache
+        """Forms kept between runs (`coffea_hpc.processing.formcache`), or None."""
         self.uproot_options = dict(uproot_options or {})
         self._open_options = {"array_cache": None, **self.uproot_options}
         self._files: OrderedDict[tuple[str, str], _OpenFile] = OrderedDict()
@@ -354,7 +360,7 @@ class EventsBuilder:
 
     def _form(
         self, entry: _OpenFile, schemaclass: type[BaseSchema]
-    ) -> tuple[ak.forms.Form, dict[str, Any], BaseSchema]:
+    ) -> tuple[ak.forms.Form, dict[str, Any], BaseSchema | type[BaseSchema]]:
         cached = entry.forms.get(schemaclass)
         if cached is not None:
             return cached
@@ -364,6 +370,11 @@ class EventsBuilder:
             self._shared_forms.move_to_end((structure, schemaclass))
             entry.forms[schemaclass] = shared
             return shared
+        kept = self.form_cache.get(structure, schemaclass) \
+            if structure and self.form_cache is not None else None
+        if kept is not None:  # derived by an earlier run (or worker) from the same structure
+            form = ak.forms.from_dict(kept)
+            return self._keep(entry, structure, schemaclass, form, schemaclass)
         with warnings.catch_warnings(record=True) as seen:
             # coffea warns per unreadable branch, and the NanoAOD schema per cross-reference
             # a skimmed file dropped (``Muon_jetIdx``...): every worker, for every file, on
@@ -377,6 +388,13 @@ class EventsBuilder:
             form = ak.forms.from_dict(schema.form)
         for message in dict.fromkeys(str(w.message) for w in seen):
             log.debug("%s: %s", entry.location, message)
+        if structure and self.form_cache is not None:
+            self.form_cache.put(structure, schemaclass, schema.form)
+        return self._keep(entry, structure, schemaclass, form, schema)
+
+    def _keep(self, entry: _OpenFile, structure: str | None, schemaclass: type[BaseSchema],
+              form: ak.forms.Form, schema: BaseSchema | type[BaseSchema],
+              ) -> tuple[ak.forms.Form, dict[str, Any], BaseSchema | type[BaseSchema]]:
         base_metadata = dict(form.parameters.get("metadata") or {})
         entry.forms[schemaclass] = (form, base_metadata, schema)
         if structure:

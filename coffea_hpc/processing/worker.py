@@ -28,6 +28,7 @@ from coffea_hpc.data.chunks import Chunk
 from coffea_hpc.data.ranges import EntryRanges
 from coffea_hpc.errors import ReadError, UserError
 from coffea_hpc.processing.events import EventsBuilder, NoReadableLocationError
+from coffea_hpc.processing.formcache import FormCache
 from coffea_hpc.processing.measure import ChunkProbe
 from coffea_hpc.processing.processor import ProcessorHandle, run_processor
 from coffea_hpc.processing.result import Failure, RemoteError, Result
@@ -94,9 +95,11 @@ def resolve_schema(name: str) -> type[schemas.BaseSchema]:
     return cls
 
 
-def builder(uproot_options: Mapping[str, Any] | None = None) -> EventsBuilder:
+def builder(uproot_options: Mapping[str, Any] | None = None,
+            form_cache: str | None = None) -> EventsBuilder:
     """This process's builder, for these uproot options: a run with other options (another
-    timeout, handler) gets a new one, and the files the old one kept are closed."""
+    timeout, handler) gets a new one, and the files the old one kept are closed. With
+    ``form_cache`` (a folder), forms are kept there between runs."""
     global _BUILDER
     options = dict(uproot_options or {})
     if _BUILDER is not None and _BUILDER.uproot_options != options:
@@ -104,6 +107,11 @@ def builder(uproot_options: Mapping[str, Any] | None = None) -> EventsBuilder:
         _BUILDER = None
     if _BUILDER is None:
         _BUILDER = EventsBuilder(uproot_options=options)
+    kept = _BUILDER.form_cache
+    if form_cache is None:
+        _BUILDER.form_cache = None
+    elif kept is None or str(kept.directory) != form_cache:
+        _BUILDER.form_cache = FormCache(form_cache)
     return _BUILDER
 
 
@@ -181,6 +189,7 @@ def process_chunks(
     metrics: bool = True,
     spill: SpillPolicy | None = None,
     uproot_options: Mapping[str, Any] | None = None,
+    form_cache: str | None = None,
 ) -> Result:
     """Run the processor over ``chunks`` (in order) and fold their outputs.
 
@@ -192,9 +201,10 @@ def process_chunks(
     A chunk whose read fails with an I/O error (`OSError`: a timeout, a lost server) is
     tried at the file's next location before it counts as failed; the result says where
     each file was read from (``metrics["read_from"]``) and which locations failed
-    (``metrics["failed_locations"]``).
+    (``metrics["failed_locations"]``). ``form_cache``: the folder where NanoEvents forms are
+    kept between runs (`coffea_hpc.processing.formcache`), for workers on the driver's machine.
     """
-    files = builder(uproot_options)
+    files = builder(uproot_options, form_cache)
     probe = ChunkProbe(chunks[0], 0)
     try:
         proc = processor.load()

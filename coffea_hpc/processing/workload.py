@@ -29,6 +29,7 @@ class ProcessChunks:
     schema: str = "nanoaod"
     spill: SpillPolicy | None = None
     uproot_options: Mapping[str, Any] = field(default_factory=dict)
+    form_cache: str | None = None
 
     @property
     def keys(self) -> tuple[ChunkKey, ...]:
@@ -44,7 +45,7 @@ class ProcessChunks:
 
     def __call__(self) -> Result:
         return process_chunks(self.processor, self.chunks, self.schema, spill=self.spill,
-                              uproot_options=self.uproot_options)
+                              uproot_options=self.uproot_options, form_cache=self.form_cache)
 
 
 class Workload:
@@ -59,6 +60,7 @@ class Workload:
         chunks_per_task: int = 1,
         spill: SpillPolicy | None = None,
         uproot_options: Mapping[str, Any] | None = None,
+        form_cache: str | None = None,
     ) -> None:
         if chunks_per_task < 1:
             raise ValueError(f"chunks_per_task must be >= 1, got {chunks_per_task}")
@@ -69,6 +71,7 @@ class Workload:
         self.chunks_per_task = chunks_per_task
         self.spill = spill
         self.uproot_options = dict(uproot_options or {})
+        self.form_cache = form_cache
         self._positions: dict[Hashable, int] | None = None
 
     def __iter__(self) -> Iterator[ProcessChunks]:
@@ -85,7 +88,7 @@ class Workload:
 
     def _element(self, batch: list[Chunk]) -> ProcessChunks:
         return ProcessChunks(self.processor, tuple(batch), self.schema, self.spill,
-                             self.uproot_options)
+                             self.uproot_options, self.form_cache)
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -123,4 +126,5 @@ class Workload:
             chunks_per_task=self.chunks_per_task,
             spill=self.spill,
             uproot_options=self.uproot_options,
+            form_cache=self.form_cache,
         )

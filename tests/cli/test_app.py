@@ -424,3 +424,55 @@ def test_workers_of_a_local_pool_start_without_the_command_line_app(tmp_path, fi
     assert done.returncode == 0, done.stdout + done.stderr
     output = load(tmp_path / "out" / "output.coffea")
     assert output["chunks"] == 4 and output["with_app"] == 0
+
+
+def test_a_futures_run_starts_its_workers_server_before_the_command_line_app(tmp_path,
+                                                                               fileset_path):
+    """``coffea-hpc run ... --executor futures``: the server the workers are forked from
+    starts (and imports coffea) while the command imports its app, not after."""
+    script = tmp_path / "as_typed.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from multiprocessing import forkserver
+
+        real = forkserver.ensure_running
+        seen = []
+
+        def noting():
+            seen.append("typer" in sys.modules)
+            real()
+
+        forkserver.ensure_running = noting
+        from coffea_hpc.cli import main
+
+        if __name__ == "__main__":
+            code = main(["run", "coffea_hpc.examples.dimuon:DimuonProcessor", "--fileset",
+                         {str(fileset_path)!r}, "-o", {str(tmp_path / "out")!r},
+                         "--executor", "futures", "--workers", "1"])
+            print("typer imported at the first start:", seen[0])
+            sys.exit(code)
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "typer imported at the first start: False" in done.stdout
+    assert (tmp_path / "out" / "output.coffea").is_file()
+
+
+@pytest.mark.parametrize(("argv", "early"), [
+    ("run p.py:P --fileset f.json --executor futures", True),
+    ("run p.py:P --fileset f.json -e futures -o out", True),
+    ("run p.py:P --executor=futures", True),
+    ("run p.py:P -efutures", True),
+    ("run p.py:P --executor parsl", False),
+    ("run p.py:P", False),
+    ("run p.py:P --executor futures --test", False),
+    ("run p.py:P --executor futures --site=perlmutter", False),
+    ("run p.py:P --executor futures --inside-allocation", False),
+    ("run --help --executor futures", False),
+    ("preprocess f.json --executor futures", False),
+])
+def test_only_a_run_that_names_futures_starts_the_server_first(argv, early):
+    from coffea_hpc.cli import _runs_on_futures
+
+    assert _runs_on_futures(argv.split()) is early

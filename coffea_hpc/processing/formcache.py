@@ -1,0 +1,165 @@
+"""NanoEvents forms kept between runs, by the structure of the tree they were derived from.
+
+Deriving the form of a NanoAOD tree (~1,700 branches) through coffea's schema takes ~0.15 s,
+and every worker process pays it for the first file it opens: in a small run, a tenth of the
+wait for the first chunk, and the analyst iterating on a processor waits for it run after run,
+on the same files. A flat tree's form depends only on its structure (the branches' names,
+titles and leaf types: `coffea_hpc.processing.events`) and on the code that derives it, so it
+is kept under a key made of both:
+
+- the structure's digest;
+- the schema class (coffea's own schemas only: a schema of the analyst's may change with no
+  version to tell) and its class-level settings, which analysts change at import time
+  (``NanoAODSchema.mixins["FatJetPFCands"] = ...``, ``warn_missing_crossrefs``): a run that
+  changes them derives the form again;
+- the versions of coffea, uproot and awkward.
+
+Entries are JSON (a form is plain data; nothing is unpickled), one file each, in a folder private
+to the user (0700, files 0600), written whole under a temporary name and renamed, so that
+workers deriving the same form at once never read half of one. A file that does not parse, or
+whose key does not match, is a miss. The folder keeps the most recently used entries, a few
+hundred kilobytes each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import types
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FormCache"]
+
+log = logging.getLogger(__name__)
+
+_MAX_ENTRIES = 64
+
+
+class FormCache:
+    """Schema output forms by tree structure, in ``directory``."""
+
+    def __init__(self, directory: str | Path, *, max_entries: int = _MAX_ENTRIES) -> None:
+        self.directory = Path(directory)
+        self.max_entries = max_entries
+        self._keys: dict[type, str | None] = {}
+
+    def get(self, structure: str, schemaclass: type) -> dict[str, Any] | None:
+        """The form kept for this structure and schema, or None."""
+        key = self._key(structure, schemaclass)
+        if key is None:
+            return None
+        path = self.directory / f"{key}.json"
+        try:
+            with open(path, encoding="utf-8") as handle:
+                entry = json.load(handle)
+            if entry.get("key") != key or not isinstance(entry.get("form"), dict):
+                return None
+            os.utime(path)  # recently used: kept when the folder is pruned
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, AttributeError) as err:
+            log.debug("form cache entry %s unusable: %s", path, err)
+            return None
+        return entry["form"]
+
+    def put(self, structure: str, schemaclass: type, form: dict[str, Any]) -> None:
+        """Keep ``form``; a folder that cannot be written only means no cache."""
+        key = self._key(structure, schemaclass)
+        if key is None:
+            return
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, temp = tempfile.mkstemp(prefix=".", suffix=".part", dir=self.directory)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    json.dump({"key": key, "form": form}, handle, separators=(",", ":"))
+                os.replace(temp, self.directory / f"{key}.json")
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
+            self._prune()
+        except (OSError, TypeError, ValueError) as err:
+            log.debug("form cache %s: not kept (%s)", self.directory, err)
+
+    def _prune(self) -> None:
+        entries = []
+        for path in self.directory.glob("*.json"):
+            with contextlib.suppress(OSError):
+                entries.append((path.stat().st_mtime, path))
+        entries.sort()
+        for _, path in entries[: max(0, len(entries) - self.max_entries)]:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    def _key(self, structure: str, schemaclass: type) -> str | None:
+        if schemaclass not in self._keys:
+            self._keys[schemaclass] = _settings(schemaclass)
+        settings = self._keys[schemaclass]
+        if settings is None:
+            return None
+        return hashlib.sha256(f"{structure}\x1e{settings}".encode()).hexdigest()
+
+
+def _settings(schemaclass: type) -> str | None:
+    """What, besides the tree, decides the form this schema derives; None for a schema whose
+    forms are not kept."""
+    import awkward
+    import coffea
+    import uproot
+
+    if not schemaclass.__module__.startswith("coffea.") \
+            or not isinstance(_static(schemaclass, "behavior"), classmethod | staticmethod):
+        return None
+    parts = [f"{schemaclass.__module__}.{schemaclass.__qualname__}",
+             coffea.__version__, uproot.__version__, awkward.__version__]
+    for klass in schemaclass.__mro__:
+        if klass is object:
+            continue
+        for name, value in sorted(vars(klass).items()):
+            if name.startswith("__"):
+                continue
+            described = _describe(value)
+            if described is None:
+                return None
+            parts.append(f"{klass.__qualname__}.{name}={described}")
+    return hashlib.sha256("\x1e".join(parts).encode()).hexdigest()
+
+
+def _static(cls: type, name: str) -> Any:
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            return vars(klass)[name]
+    return None
+
+
+def _describe(value: Any) -> str | None:
+    """A stable text for a class attribute: its data, or which code it is (a method patched
+    in changes it)."""
+    if isinstance(value, classmethod | staticmethod):
+        value = value.__func__
+    if isinstance(value, property):
+        value = value.fget
+    if isinstance(value, types.FunctionType):
+        code = value.__code__
+        digest = hashlib.sha256(code.co_code + repr(code.co_names).encode()).hexdigest()
+        return f"{value.__module__}.{value.__qualname__}:{digest}"
+    try:
+        return json.dumps(value, sort_keys=True, default=_data)
+    except (TypeError, ValueError):
+        return None
+
+
+def _data(value: Any) -> Any:
+    if isinstance(value, types.FunctionType):
+        return _describe(value)
+    if isinstance(value, set | frozenset):
+        return sorted(map(str, value))
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(type(value).__name__)

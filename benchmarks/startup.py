@@ -2,7 +2,7 @@
 on a processor waits for, many times a day.
 
     python benchmarks/startup.py --dir /tmp/startup [--rounds 5] [--via python,cli]
-        [--against CHECKOUT] [--json .bench/startup.json]
+        [--cold] [--against CHECKOUT] [--json .bench/startup.json]
 
 Each measurement is a fresh Python process: ``--via python`` calls `coffea_hpc.run`, the
 clock started before coffea-hpc is imported and read when the first chunk's result reaches
@@ -15,6 +15,11 @@ bytecode compiled first, as an installed package has it. Medians over
 all of them. ``--against`` times another checkout of coffea-hpc too (a ``git worktree`` of
 an earlier commit), its runs alternating with this one's, and prints the median of the
 paired differences: this machine's speed drifts by 20 % from one hour to the next.
+
+What runs keep for the next one (the metadata cache, the NanoEvents forms workers keep) is in
+a folder of the benchmark's own under ``--dir``, one per checkout, shared by its rounds: the
+first round fills it, and the medians are those of an analyst's next run on the same files.
+``--cold`` gives every run an empty folder instead: a first run on new files.
 """
 
 from __future__ import annotations
@@ -41,10 +46,13 @@ def _child(backend: str, fileset: Path, out: Path) -> None:
     first: list[float] = []
 
     class FirstChunk:
-        def start(self, label: str, total: int, unit: str) -> None: ...
+        stage = ""
+
+        def start(self, label: str, total: int, unit: str) -> None:
+            self.stage = label  # preprocessing reports its files' progress too
 
         def update(self, progress) -> None:
-            if progress.done and not first:
+            if self.stage == "processing" and progress.done and not first:
                 first.append(time.perf_counter() - START)
 
         finish = update
@@ -115,6 +123,8 @@ def main() -> None:
     parser.add_argument("--against", type=Path,
                         help="a checkout of other code (git worktree add DIR COMMIT), run in "
                              "turn with this one, for paired differences")
+    parser.add_argument("--cold", action="store_true",
+                        help="every run with an empty cache folder (a first run on new files)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -132,14 +142,19 @@ def main() -> None:
     runs: dict[tuple[str, str, str], list[dict]] = {case: [] for case in cases}
     for i in range(args.rounds):
         for code, via, backend in cases:
-            root, env = checkouts[code]
+            _, env = checkouts[code]
             out = args.dir / f"out-{code}-{via}-{backend}-{i}"
             shutil.rmtree(out, ignore_errors=True)
+            cache = args.dir / (f"cache-{code}-{via}-{backend}-{i}" if args.cold
+                                else f"cache-{code}")
+            if args.cold:
+                shutil.rmtree(cache, ignore_errors=True)
+            env = {**env, "COFFEA_HPC_CACHE_DIR": str(cache)}
             if via == "cli":
                 runs[code, via, backend].append(_command_line(backend, fileset, out, env))
                 continue
-            done = subprocess.run(
-                [sys.executable, str(root / "benchmarks" / "startup.py"), "--_child", backend,
+            done = subprocess.run(  # this script, timing the code PYTHONPATH puts first
+                [sys.executable, str(Path(__file__).resolve()), "--_child", backend,
                  str(fileset), str(out)], capture_output=True, text=True, check=True, env=env)
             runs[code, via, backend].append(json.loads(done.stdout.strip().splitlines()[-1]))
     keys = ("first_chunk_s", "total_s", "start_s", "preprocessing_s")
@@ -162,7 +177,8 @@ def main() -> None:
               f"{row['preprocessing_s']:>10.2f}s{paired}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"results": rows, "rounds": args.rounds}, indent=1))
+        args.json.write_text(json.dumps({"results": rows, "rounds": args.rounds,
+                                         "cold": args.cold}, indent=1))
 
 
 if __name__ == "__main__":

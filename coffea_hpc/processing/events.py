@@ -373,8 +373,12 @@ class EventsBuilder:
         kept = self.form_cache.get(structure, schemaclass) \
             if structure and self.form_cache is not None else None
         if kept is not None:  # derived by an earlier run (or worker) from the same structure
-            form = ak.forms.from_dict(kept)
-            return self._keep(entry, structure, schemaclass, form, schemaclass)
+            try:
+                form = ak.forms.from_dict(kept)
+            except Exception as err:  # not a form after all: derived again, and kept anew
+                log.debug("kept form for %s unusable: %s", entry.location, err)
+            else:
+                return self._keep(entry, structure, schemaclass, form, schemaclass)
         with warnings.catch_warnings(record=True) as seen:
             # coffea warns per unreadable branch, and the NanoAOD schema per cross-reference
             # a skimmed file dropped (``Muon_jetIdx``...): every worker, for every file, on

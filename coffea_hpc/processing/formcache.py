@@ -46,7 +46,6 @@ class FormCache:
     def __init__(self, directory: str | Path, *, max_entries: int = _MAX_ENTRIES) -> None:
         self.directory = Path(directory)
         self.max_entries = max_entries
-        self._keys: dict[type, str | None] = {}
 
     def get(self, structure: str, schemaclass: type) -> dict[str, Any] | None:
         """The form kept for this structure and schema, or None."""
@@ -98,9 +97,9 @@ class FormCache:
                 path.unlink()
 
     def _key(self, structure: str, schemaclass: type) -> str | None:
-        if schemaclass not in self._keys:
-            self._keys[schemaclass] = _settings(schemaclass)
-        settings = self._keys[schemaclass]
+        # the settings are read afresh (~0.3 ms, once per file): a notebook may change
+        # them between two runs in the same process
+        settings = _settings(schemaclass)
         if settings is None:
             return None
         return hashlib.sha256(f"{structure}\x1e{settings}".encode()).hexdigest()

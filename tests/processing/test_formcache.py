@@ -111,7 +111,7 @@ def test_an_analysts_own_schema_is_never_kept(path, tmp_path, derivations):
     assert not forms.exists() or not list(forms.iterdir())
 
 
-@pytest.mark.parametrize("damage", ["truncated", "other-key", "not-a-form"])
+@pytest.mark.parametrize("damage", ["truncated", "other-key", "not-a-form", "no-such-form"])
 def test_a_damaged_entry_is_a_miss_and_is_written_again(path, tmp_path, derivations, damage):
     forms = tmp_path / "forms"
     first = _events(path, forms)
@@ -120,6 +120,8 @@ def test_a_damaged_entry_is_a_miss_and_is_written_again(path, tmp_path, derivati
     entry.write_text({"truncated": text[: len(text) // 2],
                       "other-key": json.dumps({**json.loads(text), "key": "0" * 64}),
                       "not-a-form": json.dumps({"key": json.loads(text)["key"], "form": []}),
+                      "no-such-form": json.dumps({"key": json.loads(text)["key"],
+                                                  "form": {"class": "NoSuchForm"}}),
                       }[damage])
     assert _events(path, forms) == first
     assert len(derivations) == 2
@@ -147,3 +149,13 @@ def test_the_folder_keeps_the_most_recently_used_entries(tmp_path):
     assert cache.get("a", NanoAODSchema)["parameters"] == {"i": 0}
     assert cache.get("c", NanoAODSchema)["parameters"] == {"i": 2}
     assert not list(cache.directory.glob(".*.part"))
+
+
+def test_settings_changed_between_two_runs_of_one_process_are_seen(tmp_path, monkeypatch):
+    """A notebook changes a schema's settings between two runs in the same kernel."""
+    cache = FormCache(tmp_path / "forms")
+    form = {"class": "RecordArray", "fields": [], "contents": []}
+    cache.put("structure", NanoAODSchema, form)
+    assert cache.get("structure", NanoAODSchema) == form
+    monkeypatch.setitem(NanoAODSchema.mixins, "TrigObj", "PtEtaPhiMCandidate")
+    assert cache.get("structure", NanoAODSchema) is None

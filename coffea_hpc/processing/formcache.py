@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,13 @@ class FormCache:
                 entry = json.load(handle)
             if entry.get("key") != key or not isinstance(entry.get("form"), dict):
                 return None
-            os.utime(path)  # recently used: kept when the folder is pruned
         except FileNotFoundError:
             return None
         except (OSError, ValueError, AttributeError) as err:
             log.debug("form cache entry %s unusable: %s", path, err)
             return None
+        with contextlib.suppress(OSError):  # a folder that is read-only here: still a hit
+            os.utime(path)  # recently used: kept when the folder is pruned
         return entry["form"]
 
     def put(self, structure: str, schemaclass: type, form: dict[str, Any]) -> None:
@@ -87,10 +89,15 @@ class FormCache:
             log.debug("form cache %s: not kept (%s)", self.directory, err)
 
     def _prune(self) -> None:
+        """Keep the ``max_entries`` most recently used entries, and drop what a writer killed
+        mid-write left (a temporary file an hour old)."""
         entries = []
-        for path in self.directory.glob("*.json"):
+        for path in self.directory.iterdir():
             with contextlib.suppress(OSError):
-                entries.append((path.stat().st_mtime, path))
+                if path.suffix == ".json":
+                    entries.append((path.stat().st_mtime, path))
+                elif path.suffix == ".part" and path.stat().st_mtime < time.time() - 3600:
+                    path.unlink()
         entries.sort()
         for _, path in entries[: max(0, len(entries) - self.max_entries)]:
             with contextlib.suppress(OSError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 
 import awkward as ak
 import pytest
@@ -149,6 +150,13 @@ def test_the_folder_keeps_the_most_recently_used_entries(tmp_path):
     assert cache.get("a", NanoAODSchema)["parameters"] == {"i": 0}
     assert cache.get("c", NanoAODSchema)["parameters"] == {"i": 2}
     assert not list(cache.directory.glob(".*.part"))
+    # what a writer killed mid-write left goes once it is an hour old, not before
+    for name, age in (("old", 7200), ("new", 60)):
+        part = cache.directory / f".{name}.part"
+        part.write_text("{")
+        os.utime(part, (time.time() - age, time.time() - age))
+    cache.put("d", NanoAODSchema, form)
+    assert sorted(p.name for p in cache.directory.glob(".*.part")) == [".new.part"]
 
 
 def test_settings_changed_between_two_runs_of_one_process_are_seen(tmp_path, monkeypatch):

@@ -152,6 +152,9 @@ def mpi_merge(inputs: Sequence[str | Path], output_path: str | Path | None = Non
         raise
 
 
+_FORWARD_GRACE_S = 0.3
+
+
 def _abort(comm: Any, err: Exception, error_file: str | None = None) -> None:
     what = str(err) if isinstance(err, MergeError) else f"{type(err).__name__}: {err}"
     line = f"error (rank {comm.Get_rank()}): {what}"
@@ -163,6 +166,9 @@ def _abort(comm: Any, err: Exception, error_file: str | None = None) -> None:
             fd = os.open(error_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(line + "\n")
+    # the launcher forwards what a rank prints asynchronously, and an abort can end it before
+    # it has: a moment's grace gets the line to the terminal of a merge run by hand
+    time.sleep(_FORWARD_GRACE_S)
     comm.Abort(2)  # the launcher ends every rank; this call does not return
 
 

@@ -39,7 +39,7 @@ from uproot.models.TTree import Model_TTree_NumEntries
 
 from coffea_hpc.data.chunks import Chunk
 from coffea_hpc.errors import FilesetError, UserError
-from coffea_hpc.processing.formcache import FormCache
+from coffea_hpc.processing.formcache import FormCache, schema_settings
 from coffea_hpc.processing.remote import open_options
 
 __all__ = [
@@ -193,6 +193,8 @@ class EventsBuilder:
         self._files: OrderedDict[tuple[str, str], _OpenFile] = OrderedDict()
         self._shared_forms: OrderedDict[tuple[str, type], tuple[Any, ...]] = OrderedDict()
         """Forms of flat trees by their structure (`_flat_structure`), for the next file."""
+        self._schema_settings: dict[type, str | None] = {}
+        """The settings each schema's forms here were derived under (`use_schema`)."""
         self.failed: list[tuple[str, str, str]] = []
         """``(path, location, error)`` of locations that failed, for the next result."""
         self.closed = 0
@@ -235,6 +237,18 @@ class EventsBuilder:
             _ChunkSchema(form, metadata, schema), mapping, key, mode="virtual"
         )
         return factory.events()
+
+    def use_schema(self, schemaclass: type[BaseSchema]) -> None:
+        """Forget the forms derived under other settings of ``schemaclass``: a notebook may
+        change them (a mixin for a collection) between two runs in this process, whose files
+        and forms this builder keeps. Called once per batch of chunks (~0.3 ms)."""
+        settings = schema_settings(schemaclass)
+        if self._schema_settings.get(schemaclass, settings) != settings:
+            for entry in self._files.values():
+                entry.forms.pop(schemaclass, None)
+            for key in [k for k in self._shared_forms if k[1] is schemaclass]:
+                del self._shared_forms[key]
+        self._schema_settings[schemaclass] = settings
 
     def close(self) -> None:
         while self._files:

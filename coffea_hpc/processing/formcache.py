@@ -34,7 +34,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FormCache"]
+__all__ = ["FormCache", "schema_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -112,18 +112,11 @@ class FormCache:
         return hashlib.sha256(f"{structure}\x1e{settings}".encode()).hexdigest()
 
 
-def _settings(schemaclass: type) -> str | None:
-    """What, besides the tree, decides the form this schema derives; None for a schema whose
-    forms are not kept."""
-    import awkward
-    import coffea
-    import uproot
-
-    if not schemaclass.__module__.startswith("coffea.") \
-            or not isinstance(_static(schemaclass, "behavior"), classmethod | staticmethod):
-        return None
-    parts = [f"{schemaclass.__module__}.{schemaclass.__qualname__}",
-             coffea.__version__, uproot.__version__, awkward.__version__]
+def schema_settings(schemaclass: type) -> str | None:
+    """A digest of the schema's class-level settings and methods (its own and inherited):
+    what an analysis changes at import time, or a notebook between two runs. None when one
+    of them has no stable description."""
+    parts = [f"{schemaclass.__module__}.{schemaclass.__qualname__}"]
     for klass in schemaclass.__mro__:
         if klass is object:
             continue
@@ -135,6 +128,22 @@ def _settings(schemaclass: type) -> str | None:
                 return None
             parts.append(f"{klass.__qualname__}.{name}={described}")
     return hashlib.sha256("\x1e".join(parts).encode()).hexdigest()
+
+
+def _settings(schemaclass: type) -> str | None:
+    """What, besides the tree, decides the form this schema derives; None for a schema whose
+    forms are not kept."""
+    import awkward
+    import coffea
+    import uproot
+
+    if not schemaclass.__module__.startswith("coffea.") \
+            or not isinstance(_static(schemaclass, "behavior"), classmethod | staticmethod):
+        return None
+    settings = schema_settings(schemaclass)
+    if settings is None:
+        return None
+    return "\x1e".join([settings, coffea.__version__, uproot.__version__, awkward.__version__])
 
 
 def _static(cls: type, name: str) -> Any:

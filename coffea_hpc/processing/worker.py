@@ -209,6 +209,7 @@ def process_chunks(
     try:
         proc = processor.load()
         schemaclass = resolve_schema(schema)
+        files.use_schema(schemaclass)  # after the processor's import, which may change it
     except Exception as exc:  # the analyst's code cannot be loaded here: data, not a crash
         error = RemoteError.from_exception(exc, skip_frames_in=_OWN_CODE)
         return Result(failures=(Failure(chunks[0].key, error, label=chunks[0].describe()),),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import awkward as ak
 import pytest
+from coffea.nanoevents import NanoAODSchema
 
 from coffea_hpc.data.chunks import Chunk
 from coffea_hpc.errors import UserError
@@ -114,3 +115,22 @@ def _muon_pt_sum(events):
 
 def _raises_value_error(events):
     raise ValueError("a cut that makes no sense")
+
+
+def _muon_record(events):
+    return {"record": {ak.parameters(events.Muon.layout.content)["__record__"]}}
+
+
+def test_a_schema_setting_changed_between_two_runs_of_one_process_is_seen(fileset,
+                                                                          monkeypatch):
+    """A notebook runs an analysis, changes a schema's mixins, and runs it again in the same
+    kernel (the iterative backend: the same process, whose builder keeps the open files and
+    their forms): the second run's events carry the new setting."""
+    path = fileset.datasets["DYJetsToLL"].files[0].path
+    chunks = [Chunk("DYJetsToLL", path, "Events", 0, 100)]
+    handle = ProcessorHandle.wrap(_muon_record)
+    before = process_chunks(handle, chunks, "nanoaod").value
+    monkeypatch.setitem(NanoAODSchema.mixins, "Muon", "PtEtaPhiMCandidate")
+    after = process_chunks(handle, chunks, "nanoaod").value
+    assert before == {"record": {"Muon"}}
+    assert after == {"record": {"PtEtaPhiMCandidate"}}

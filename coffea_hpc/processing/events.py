@@ -384,8 +384,9 @@ class EventsBuilder:
             self._shared_forms.move_to_end((structure, schemaclass))
             entry.forms[schemaclass] = shared
             return shared
-        kept = self.form_cache.get(structure, schemaclass) \
-            if structure and self.form_cache is not None else None
+        cache = self.form_cache if structure else None
+        key = cache.key(structure, schemaclass) if cache is not None else None
+        kept = cache.get(key) if cache is not None and key is not None else None
         if kept is not None:  # derived by an earlier run (or worker) from the same structure
             try:
                 form = ak.forms.from_dict(kept)
@@ -406,8 +407,8 @@ class EventsBuilder:
             form = ak.forms.from_dict(schema.form)
         for message in dict.fromkeys(str(w.message) for w in seen):
             log.debug("%s: %s", entry.location, message)
-        if structure and self.form_cache is not None:
-            self.form_cache.put(structure, schemaclass, schema.form)
+        if cache is not None and key is not None:
+            cache.put(key, schema.form)
         return self._keep(entry, structure, schemaclass, form, schema)
 
     def _keep(self, entry: _OpenFile, structure: str | None, schemaclass: type[BaseSchema],

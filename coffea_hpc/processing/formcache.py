@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -48,11 +49,17 @@ class FormCache:
         self.directory = Path(directory)
         self.max_entries = max_entries
 
-    def get(self, structure: str, schemaclass: type) -> dict[str, Any] | None:
-        """The form kept for this structure and schema, or None."""
-        key = self._key(structure, schemaclass)
-        if key is None:
+    def key(self, structure: str, schemaclass: type) -> str | None:
+        """The entry of this structure and schema: the structure with the schema's settings
+        and the library versions (read afresh, ~0.3 ms: a notebook may change the settings
+        between two runs in the same process); None for a schema whose forms are not kept."""
+        settings = _settings(schemaclass)
+        if settings is None:
             return None
+        return hashlib.sha256(f"{structure}\x1e{settings}".encode()).hexdigest()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The form kept under ``key`` (from `key`), or None."""
         path = self.directory / f"{key}.json"
         try:
             with open(path, encoding="utf-8") as handle:
@@ -68,11 +75,8 @@ class FormCache:
             os.utime(path)  # recently used: kept when the folder is pruned
         return entry["form"]
 
-    def put(self, structure: str, schemaclass: type, form: dict[str, Any]) -> None:
-        """Keep ``form``; a folder that cannot be written only means no cache."""
-        key = self._key(structure, schemaclass)
-        if key is None:
-            return
+    def put(self, key: str, form: dict[str, Any]) -> None:
+        """Keep ``form`` under ``key``; a folder that cannot be written only means no cache."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd, temp = tempfile.mkstemp(prefix=".", suffix=".part", dir=self.directory)
@@ -103,15 +107,6 @@ class FormCache:
             with contextlib.suppress(OSError):
                 path.unlink()
 
-    def _key(self, structure: str, schemaclass: type) -> str | None:
-        # the settings are read afresh (~0.3 ms, once per file): a notebook may change
-        # them between two runs in the same process
-        settings = _settings(schemaclass)
-        if settings is None:
-            return None
-        return hashlib.sha256(f"{structure}\x1e{settings}".encode()).hexdigest()
-
-
 def schema_settings(schemaclass: type) -> str | None:
     """A digest of the schema's class-level settings and methods (its own and inherited):
     what an analysis changes at import time, or a notebook between two runs. None when one
@@ -138,19 +133,13 @@ def _settings(schemaclass: type) -> str | None:
     import uproot
 
     if not schemaclass.__module__.startswith("coffea.") \
-            or not isinstance(_static(schemaclass, "behavior"), classmethod | staticmethod):
+            or not isinstance(inspect.getattr_static(schemaclass, "behavior", None),
+                              classmethod | staticmethod):
         return None
     settings = schema_settings(schemaclass)
     if settings is None:
         return None
     return "\x1e".join([settings, coffea.__version__, uproot.__version__, awkward.__version__])
-
-
-def _static(cls: type, name: str) -> Any:
-    for klass in cls.__mro__:
-        if name in vars(klass):
-            return vars(klass)[name]
-    return None
 
 
 def _describe(value: Any) -> str | None:

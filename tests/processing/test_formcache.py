@@ -140,22 +140,22 @@ def test_the_folder_keeps_the_most_recently_used_entries(tmp_path):
     cache = FormCache(tmp_path / "forms", max_entries=2)
     form = {"class": "RecordArray", "fields": [], "contents": []}
     for i, structure in enumerate(["a", "b", "c"]):
-        cache.put(structure, NanoAODSchema, {**form, "parameters": {"i": i}})
+        cache.put(cache.key(structure, NanoAODSchema), {**form, "parameters": {"i": i}})
         os.utime(next(p for p in cache.directory.iterdir()
                       if json.loads(p.read_text())["form"]["parameters"]["i"] == i),
                  (1_000 + i, 1_000 + i))
         if structure == "b":
-            assert cache.get("a", NanoAODSchema) is not None  # used: now the most recent
-    assert cache.get("b", NanoAODSchema) is None
-    assert cache.get("a", NanoAODSchema)["parameters"] == {"i": 0}
-    assert cache.get("c", NanoAODSchema)["parameters"] == {"i": 2}
+            assert cache.get(cache.key("a", NanoAODSchema)) is not None  # used: now the most recent
+    assert cache.get(cache.key("b", NanoAODSchema)) is None
+    assert cache.get(cache.key("a", NanoAODSchema))["parameters"] == {"i": 0}
+    assert cache.get(cache.key("c", NanoAODSchema))["parameters"] == {"i": 2}
     assert not list(cache.directory.glob(".*.part"))
     # what a writer killed mid-write left goes once it is an hour old, not before
     for name, age in (("old", 7200), ("new", 60)):
         part = cache.directory / f".{name}.part"
         part.write_text("{")
         os.utime(part, (time.time() - age, time.time() - age))
-    cache.put("d", NanoAODSchema, form)
+    cache.put(cache.key("d", NanoAODSchema), form)
     assert sorted(p.name for p in cache.directory.glob(".*.part")) == [".new.part"]
 
 
@@ -163,7 +163,7 @@ def test_settings_changed_between_two_runs_of_one_process_are_seen(tmp_path, mon
     """A notebook changes a schema's settings between two runs in the same kernel."""
     cache = FormCache(tmp_path / "forms")
     form = {"class": "RecordArray", "fields": [], "contents": []}
-    cache.put("structure", NanoAODSchema, form)
-    assert cache.get("structure", NanoAODSchema) == form
+    cache.put(cache.key("structure", NanoAODSchema), form)
+    assert cache.get(cache.key("structure", NanoAODSchema)) == form
     monkeypatch.setitem(NanoAODSchema.mixins, "TrigObj", "PtEtaPhiMCandidate")
-    assert cache.get("structure", NanoAODSchema) is None
+    assert cache.get(cache.key("structure", NanoAODSchema)) is None

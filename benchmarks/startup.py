@@ -102,14 +102,13 @@ def _command_line(backend: str, fileset: Path, out: Path, env: dict[str, str]) -
             "preprocessing_s": stages.get("preprocessing")}
 
 
-def _checkouts(against: Path | None) -> dict[str, tuple[Path, dict[str, str]]]:
-    """The code to time: this checkout, and with ``--against`` another one (a
-    ``git worktree`` of an earlier commit), imported first through PYTHONPATH."""
-    here = Path(__file__).resolve().parent.parent
-    found = {"this": (here, dict(os.environ))}
+def _checkouts(against: Path | None) -> dict[str, dict[str, str]]:
+    """The code to time, as the environment that imports it: this checkout, and with
+    ``--against`` another one (a ``git worktree`` of an earlier commit), imported first
+    through PYTHONPATH."""
+    found = {"this": dict(os.environ)}
     if against is not None:
-        other = against.resolve()
-        found["against"] = (other, {**os.environ, "PYTHONPATH": str(other)})
+        found["against"] = {**os.environ, "PYTHONPATH": str(against.resolve())}
     return found
 
 
@@ -135,14 +134,14 @@ def main() -> None:
 
     fileset = _dataset(args.dir)
     checkouts = _checkouts(args.against)
-    for _, env in checkouts.values():
+    for env in checkouts.values():
         _bytecode(env)
     cases = [(code, via, b) for via in args.via.split(",") for b in args.backends.split(",")
              for code in checkouts]
     runs: dict[tuple[str, str, str], list[dict]] = {case: [] for case in cases}
     for i in range(args.rounds):
         for code, via, backend in cases:
-            _, env = checkouts[code]
+            env = checkouts[code]
             out = args.dir / f"out-{code}-{via}-{backend}-{i}"
             shutil.rmtree(out, ignore_errors=True)
             cache = args.dir / (f"cache-{code}-{via}-{backend}-{i}" if args.cold
